@@ -1,0 +1,24 @@
+# `make serve` and `make test` create/refresh the local virtual environment first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: install serve test test-all bench
+install: $(VENV)/.installed
+
+serve: $(VENV)/.installed
+	$(PY) -m service
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest
+
+bench: $(VENV)/.installed
+	$(PY) -m bench.latency

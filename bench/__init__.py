@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks against torchvision's SSDLite (``python -m bench.<name>``)."""

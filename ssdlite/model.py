@@ -1,0 +1,176 @@
+"""The SSDLite network (tensor in, raw outputs out), its config and named presets."""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .anchors import ANCHOR_STYLES, generate_anchors, num_anchors_per_location
+from .backbones import BACKBONES, build_backbone
+from .head import SSDLiteHead
+from .layers import PADDING_STYLES, ConvBNAct, make_divisible
+
+SCORE_FUNCTIONS = ("softmax", "sigmoid")
+
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+@dataclass(frozen=True)
+class SSDLiteConfig:
+    """Everything that defines a model; stored in checkpoints.
+
+    ``num_classes`` counts the background class (index 0). ``mean``/``std`` apply to RGB
+    pixel values in [0, 255]. The last four fields are postprocessing defaults.
+    """
+
+    backbone: str = "mobilenet_v2"
+    width_mult: float = 1.0
+    image_size: int = 320
+    num_classes: int = 91
+    extra_depths: tuple[int, ...] = (512, 256, 256, 128)
+    anchor_style: str = "ssd"
+    min_scale: float = 0.2
+    max_scale: float = 0.95
+    padding: str = "torch"
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.03
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    score_function: str = "softmax"
+    box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    score_threshold: float = 0.01
+    nms_iou: float = 0.5
+    max_detections: int = 100
+    candidates_per_image: int = 400
+
+    def __post_init__(self):
+        checks = [
+            (self.backbone in BACKBONES, f"backbone must be one of {sorted(BACKBONES)}"),
+            (self.anchor_style in ANCHOR_STYLES, f"anchor_style must be one of {ANCHOR_STYLES}"),
+            (self.padding in PADDING_STYLES, f"padding must be one of {PADDING_STYLES}"),
+            (self.score_function in SCORE_FUNCTIONS, f"score_function must be one of {SCORE_FUNCTIONS}"),
+            (self.num_classes >= 2, "num_classes counts background and must be at least 2"),
+            (self.image_size >= 32, "image_size must be at least 32"),
+            (self.width_mult > 0, "width_mult must be positive"),
+            (len(self.extra_depths) == 4, "extra_depths needs four depths"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid SSDLiteConfig: {message}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "SSDLiteConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown SSDLiteConfig fields: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+PRESETS: dict[str, SSDLiteConfig] = {
+    "ssdlite320_mobilenet_v2": SSDLiteConfig(),
+    "ssdlite300_mobilenet_v2_tf": SSDLiteConfig(
+        image_size=300,
+        anchor_style="tf",
+        padding="same",
+        mean=(127.5, 127.5, 127.5),
+        std=(127.5, 127.5, 127.5),
+        score_function="sigmoid",
+        score_threshold=1e-8,
+        nms_iou=0.6,
+    ),
+    "ssdlite320_mobilenet_v1": SSDLiteConfig(backbone="mobilenet_v1"),
+    "ssdlite320_mobilenet_v3_large": SSDLiteConfig(backbone="mobilenet_v3_large"),
+    "ssdlite320_mobilenet_v3_small": SSDLiteConfig(backbone="mobilenet_v3_small"),
+}
+
+
+def get_config(name: str, **overrides) -> SSDLiteConfig:
+    """Returns the preset ``name`` with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+class ExtraBlock(nn.Sequential):
+    """SSDLite extra layer: 1x1 to half depth, 3x3 depthwise stride 2, 1x1 to depth."""
+
+    def __init__(self, in_channels: int, depth: int, **options):
+        half = depth // 2
+        super().__init__(
+            ConvBNAct(in_channels, half, 1, **options),
+            ConvBNAct(half, half, 3, 2, groups=half, **options),
+            ConvBNAct(half, depth, 1, **options),
+        )
+
+
+class SSDLite(nn.Module):
+    """SSDLite: backbone taps + four extra layers + depthwise-separable heads.
+
+    ``forward`` takes ``[N, 3, H, W]`` RGB float pixels in [0, 255] at ``config.image_size``
+    (normalisation happens inside, so exported models take the same input) and returns
+    ``(box_regression [N, A, 4], class_logits [N, A, num_classes])`` aligned with ``self.anchors``.
+    """
+
+    def __init__(self, config: SSDLiteConfig):
+        super().__init__()
+        self.config = config
+        options = {"padding": config.padding, "bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum}
+        self.backbone = build_backbone(config.backbone, width_mult=config.width_mult, **options)
+        channels = list(self.backbone.out_channels)
+        self.extras = nn.ModuleList()
+        for depth in config.extra_depths:
+            depth = make_divisible(depth * config.width_mult, 8, min_value=16)
+            self.extras.append(ExtraBlock(channels[-1], depth, **options))
+            channels.append(depth)
+        boxes_per_location = num_anchors_per_location(config.anchor_style, len(channels))
+        self.box_head = SSDLiteHead(channels, boxes_per_location, 4, **options)
+        self.class_head = SSDLiteHead(channels, boxes_per_location, config.num_classes, **options)
+        self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
+        anchors = generate_anchors(config.anchor_style, config.image_size, config.min_scale, config.max_scale)
+        self.register_buffer("anchors", anchors, persistent=False)
+        self._init_weights()
+
+    def _init_weights(self):
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for head in (self.box_head, self.class_head):
+            for predictor in head.predictors:
+                nn.init.normal_(predictor[-1].weight, std=0.03)
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        x = (images - self.mean) / self.std
+        maps = self.backbone(x)
+        for extra in self.extras:
+            maps.append(extra(maps[-1]))
+        return maps
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        maps = self.features(images)
+        return self.box_head(maps), self.class_head(maps)
+
+
+def build_model(name: str = "ssdlite320_mobilenet_v2", *, num_classes: int = 91, **overrides) -> SSDLite:
+    """Builds an SSDLite model from a named preset.
+
+    Args:
+        name: a key of ``PRESETS``, e.g. ``"ssdlite320_mobilenet_v2"``.
+        num_classes: classes including background (COCO: 91 with TF's ids, 81 contiguous).
+        **overrides: any other ``SSDLiteConfig`` field, e.g. ``width_mult=0.5, image_size=256``.
+
+    Returns:
+        An ``SSDLite`` module with fresh weights.
+    """
+    return SSDLite(get_config(name, num_classes=num_classes, **overrides))

@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+import torch
+
+from ssdlite import build_model
+
+
+def randomize_batchnorm(model: torch.nn.Module, seed: int = 0):
+    """Gives BatchNorm layers non-trivial statistics so outputs look like a trained model's."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+    return model
+
+
+@pytest.fixture
+def small_model():
+    torch.manual_seed(0)
+    model = build_model("ssdlite320_mobilenet_v2", num_classes=4, width_mult=0.5, image_size=160)
+    return randomize_batchnorm(model).eval()
+
+
+@pytest.fixture
+def photo_like_image():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
