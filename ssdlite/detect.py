@@ -26,14 +26,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_detector(model: str, backend: str = "onnxruntime", device: str = "cpu"):
-    """A Detector from a zoo name or a checkpoint/ONNX path."""
+def load_detector(model: str, backend: str = "onnxruntime", device: str = "cpu", threads: int | None = None):
+    """A Detector from a zoo name or a checkpoint/ONNX path (``threads``: ONNX Runtime's, default all cores)."""
     from .detector import Detector
     from .zoo import MODELS
 
     if Path(model).exists() or model not in MODELS:
-        return Detector.from_checkpoint(model, device=device, backend=backend)
-    return Detector.from_pretrained(model, device=device, backend=backend)
+        return Detector.from_checkpoint(model, device=device, backend=backend, threads=threads)
+    return Detector.from_pretrained(model, device=device, backend=backend, threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:
