@@ -118,7 +118,7 @@ def test_unconvertible_graphs_fail_clearly(tmp_path, capsys):
     with pytest.raises(ConversionError, match="garbage.pb"):
         convert_tf_graph(garbage)
     other_graph = tmp_path / "other.pb"
-    other_graph.write_bytes(b"\x0a\x05\x0a\x03foo")  # a GraphDef whose only node is "foo"
+    other_graph.write_bytes(b"\x0a\x0b\x0a\x03foo\x12\x04NoOp")  # a GraphDef whose only node is "foo"
     with pytest.raises(ConversionError, match="other.pb: expected a constant node 'FeatureExtractor/MobilenetV2/Conv"):
         convert_tf_graph(other_graph)
     assert convert_main(["tf-graph", str(tmp_path / "missing.pb"), "-o", str(tmp_path / "x.pt")]) == 2
