@@ -1,0 +1,55 @@
+"""``python -m service [--host H] [--port P] [--model NAME|PATH]``: serve detection with uvicorn.
+
+Every option defaults to its ``SSDLITE_*`` environment variable (see ``service/settings.py``).
+"""
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--model", help="model-zoo name or checkpoint/.onnx path (default tf-pedestrian)")
+    parser.add_argument("--backend", choices=("auto", "onnxruntime", "torch"))
+    parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from .app import create_app
+    from .model import load_detector
+    from .settings import Settings
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
+    except ValidationError as error:
+        print(f"error: invalid setting: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
+    # Loaded here rather than in the lifespan so that a bad model is one clear line, not a traceback.
+    try:
+        detector = load_detector(settings)
+    except Exception as error:  # noqa: BLE001 - any load failure ends the process with its reason
+        print(f"error: cannot load model {settings.model!r}: {error}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        create_app(settings, detector=detector),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        ws_max_size=settings.max_body_size,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

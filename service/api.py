@@ -1,0 +1,315 @@
+"""Routes: detection over HTTP, the WebSocket stream, operations endpoints and the page."""
+
+import asyncio
+import contextlib
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.datastructures import UploadFile
+
+from .decoding import ImageError, decode_image, encode_jpeg
+from .engine import DetectOptions, EngineStoppedError, QueueFullError
+from .schemas import BatchResponse, DetectResponse, Health, ModelInfo, Problem
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+detection = APIRouter(tags=["detection"])
+stream = APIRouter(tags=["stream"])
+operations = APIRouter(tags=["operations"])
+page = APIRouter(include_in_schema=False)
+
+ScoreThreshold = Annotated[
+    float | None, Query(ge=0, le=1, description="minimum score (default: the server's SSDLITE_SCORE_THRESHOLD)")
+]
+MaxDetections = Annotated[int | None, Query(ge=1, le=1000, description="most detections per image")]
+Classes = Annotated[
+    list[str] | None, Query(description="class names to keep, repeated or comma-separated (default: all)")
+]
+
+IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
+                           "required": ["file"]}
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+BATCH_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "required": ["files"], "properties": {
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
+            }
+        },
+    }
+}
+ERRORS = {status: {"model": Problem} for status in (413, 415, 422, 503)}
+
+
+def detect_options(request_or_ws, score_threshold, max_detections, classes) -> DetectOptions:
+    """Fills in the server defaults and checks class names against the model's (422 if unknown)."""
+    state = request_or_ws.app.state
+    names = None
+    if classes:
+        names = tuple(dict.fromkeys(n.strip() for item in classes for n in item.split(",") if n.strip())) or None
+        unknown = sorted(set(names or ()) - set(state.detector.class_names))
+        if unknown:
+            raise HTTPException(422, f"unknown class names {unknown}; this model knows {state.detector.class_names}")
+    settings = state.settings
+    return DetectOptions(
+        score_threshold=settings.score_threshold if score_threshold is None else score_threshold,
+        max_detections=settings.max_detections if max_detections is None else max_detections,
+        classes=names,
+    )
+
+
+async def run_detection(app_state, data: bytes, options: DetectOptions):
+    """Decodes (on the decode threads) and detects (on the inference thread); returns (image, result, timing)."""
+    if not app_state.ready:
+        raise EngineStoppedError("the model is not loaded yet or the server is shutting down")
+    started = time.perf_counter()
+    loop = asyncio.get_running_loop()
+    image = await loop.run_in_executor(app_state.decoder, decode_image, data, app_state.settings.max_pixels)
+    decoded = time.perf_counter()
+    result = await app_state.engine.detect(image, options)
+    timing = {
+        "decode": round((decoded - started) * 1000, 2),
+        "queue": round(result.queue_ms, 2),
+        "inference": round(result.inference_ms, 2),
+        "total": round((time.perf_counter() - started) * 1000, 2),
+        "batch_size": result.batch_size,
+    }
+    return image, result, timing
+
+
+async def read_images(request: Request, field: str, many: bool) -> list[tuple[str | None, bytes]]:
+    """The uploaded images: multipart parts named ``field`` (``file`` also works), or the raw body."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        if many:
+            raise HTTPException(415, f"send the images as multipart/form-data file parts named '{field}'")
+        return [(None, await request.body())]
+    form = await request.form(max_files=request.app.state.settings.max_files, max_fields=100)
+    names = (field, "file") if many else (field,)
+    uploads = [value for key, value in form.multi_items() if key in names and isinstance(value, UploadFile)]
+    if not uploads:
+        plain = [key for key, value in form.multi_items() if key in names]
+        problem = "is a text field, not a file" if plain else "is missing"
+        raise HTTPException(422, f"multipart field '{field}' {problem}; upload the image as a file part")
+    if not many and len(uploads) > 1:
+        raise HTTPException(422, f"one image per request in '{field}'; use /detect/batch for several")
+    return [(upload.filename, await upload.read()) for upload in uploads]
+
+
+def render_response(image, detections, quality: int) -> Response:
+    from ssdlite.images import draw_detections
+
+    jpeg = encode_jpeg(draw_detections(image, detections), quality)
+    return Response(jpeg, media_type="image/jpeg", headers={"X-Detections": str(len(detections))})
+
+
+@detection.post(
+    "/detect",
+    response_model=DetectResponse,
+    responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "JSON, or a JPEG with render=true"}},
+    openapi_extra=IMAGE_BODY,
+)
+async def detect(
+    request: Request,
+    score_threshold: ScoreThreshold = None,
+    max_detections: MaxDetections = None,
+    classes: Classes = None,
+    render: Annotated[bool, Query(description="answer with the image and its boxes drawn, as JPEG")] = False,
+):
+    """Detects objects in one image: a multipart field ``file``, or the raw image as the body.
+
+    The image's own bytes decide its format (JPEG, PNG, WebP, BMP, TIFF). Boxes are
+    ``[x1, y1, x2, y2]`` in the uploaded image's pixels, after its EXIF orientation.
+    """
+    options = detect_options(request, score_threshold, max_detections, classes)
+    ((_, data),) = await read_images(request, "file", many=False)
+    image, result, timing = await run_detection(request.app.state, data, options)
+    if render:
+        loop = asyncio.get_running_loop()
+        quality = request.app.state.settings.jpeg_quality
+        return await loop.run_in_executor(request.app.state.decoder, render_response, image, result.detections, quality)
+    return {
+        "width": image.shape[1],
+        "height": image.shape[0],
+        "model": request.app.state.model_info.name,
+        "detections": result.detections,
+        "timing_ms": timing,
+    }
+
+
+@detection.post(
+    "/detect/render",
+    response_class=Response,
+    responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "the image with boxes drawn"}},
+    openapi_extra=IMAGE_BODY,
+)
+async def detect_render(
+    request: Request,
+    score_threshold: ScoreThreshold = None,
+    max_detections: MaxDetections = None,
+    classes: Classes = None,
+):
+    """Like ``POST /detect?render=true``: the image with its detections drawn, as JPEG."""
+    return await detect(request, score_threshold, max_detections, classes, render=True)
+
+
+@detection.post("/detect/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY)
+async def detect_batch(
+    request: Request,
+    score_threshold: ScoreThreshold = None,
+    max_detections: MaxDetections = None,
+    classes: Classes = None,
+):
+    """Detects objects in several images (multipart fields ``files``); one bad image fails the request."""
+    options = detect_options(request, score_threshold, max_detections, classes)
+    uploads = await read_images(request, "files", many=True)
+    state = request.app.state
+
+    async def one(index: int, filename: str | None, data: bytes):
+        try:
+            image, result, timing = await run_detection(state, data, options)
+        except ImageError as error:
+            raise ImageError(error.status, f"files[{index}] ({filename}): {error.detail}") from None
+        return {"filename": filename, "width": image.shape[1], "height": image.shape[0],
+                "detections": result.detections, "timing_ms": timing}
+
+    tasks = [asyncio.ensure_future(one(i, name, data)) for i, (name, data) in enumerate(uploads)]
+    try:
+        results = await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return {"model": state.model_info.name, "results": results}
+
+
+@stream.websocket("/ws")
+async def detect_stream(
+    websocket: WebSocket,
+    score_threshold: ScoreThreshold = None,
+    max_detections: MaxDetections = None,
+    classes: Classes = None,
+):
+    """Binary JPEG frames in, one JSON message per answered frame out.
+
+    Frames are numbered from 1 in arrival order (``frame_id``). While a frame is being
+    detected only the newest waiting frame is kept: older ones are dropped (counted in
+    ``dropped_frames``), so latency stays bounded when frames come faster than inference.
+    A bad frame gets ``{"frame_id", "status", "error"}`` and the stream goes on.
+    """
+    await websocket.accept()
+    try:
+        options = detect_options(websocket, score_threshold, max_detections, classes)
+    except HTTPException as error:
+        await websocket.send_json({"status": error.status_code, "error": error.detail})
+        await websocket.close(1008)
+        return
+    state = websocket.app.state
+    frames = state.metrics.ws_frames
+    latest: tuple[int, bytes, float] | None = None
+    received = dropped = 0
+    closed = False
+    wake = asyncio.Event()
+
+    async def receive_frames():
+        nonlocal latest, received, dropped, closed
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                received += 1
+                if latest is not None:
+                    dropped += 1
+                    frames.labels("dropped").inc()
+                payload = message.get("bytes")
+                if payload is None:  # a text message: answered with an error in turn
+                    payload = b""
+                latest = (received, payload, time.perf_counter())
+                wake.set()
+        finally:
+            closed = True
+            wake.set()
+
+    receiver = asyncio.create_task(receive_frames())
+    try:
+        while True:
+            await wake.wait()
+            wake.clear()
+            if closed:
+                break
+            if latest is None:
+                continue
+            frame_id, data, arrived = latest
+            latest = None
+            reply: dict = {"frame_id": frame_id}
+            try:
+                if not data:
+                    raise ImageError(415, "send each frame as one binary message holding a JPEG (or PNG/WebP)")
+                image, result, timing = await run_detection(state, data, options)
+                reply.update(width=image.shape[1], height=image.shape[0], detections=result.detections,
+                             timing_ms=timing)
+                frames.labels("answered").inc()
+            except ImageError as error:
+                reply.update(status=error.status, error=error.detail)
+                frames.labels("error").inc()
+            except (QueueFullError, EngineStoppedError) as error:
+                reply.update(status=503, error=str(error))
+                frames.labels("error").inc()
+            reply.update(latency_ms=round((time.perf_counter() - arrived) * 1000, 2), dropped_frames=dropped)
+            await websocket.send_text(json.dumps(reply))
+    except (WebSocketDisconnect, RuntimeError):
+        pass  # the client went away mid-reply
+    finally:
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+            await receiver
+
+
+@operations.get("/healthz", response_model=Health)
+async def healthz():
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@operations.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+async def readyz(request: Request):
+    """Readiness: the model is loaded and warmed up, and the server is not shutting down."""
+    if request.app.state.ready and request.app.state.engine.running:
+        return {"status": "ready"}
+    return JSONResponse({"status": "not ready"}, 503)
+
+
+@operations.get("/model", response_model=ModelInfo)
+async def model_info(request: Request):
+    """The served model: name, classes, input size, backend."""
+    info = getattr(request.app.state, "model_info", None)
+    if info is None:
+        raise EngineStoppedError("the model is not loaded yet")
+    return info
+
+
+@operations.get("/metrics", response_class=Response)
+async def metrics(request: Request):
+    """Prometheus text format."""
+    body, content_type = request.app.state.metrics.render()
+    return Response(body, media_type=content_type)
+
+
+@page.get("/")
+async def index():
+    return FileResponse(STATIC_DIR / "index.html", media_type="text/html")

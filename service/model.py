@@ -1,0 +1,61 @@
+"""Loading the served model: backend choice, warm-up and the /model description."""
+
+import numpy as np
+
+from .schemas import ModelInfo
+from .settings import Settings
+
+
+def resolve_backend(settings: Settings) -> tuple[str, str]:
+    """(backend, device): torch on CUDA when a GPU is there and allowed, else onnxruntime on the CPU."""
+    backend, device = settings.backend, settings.device
+    if settings.model.endswith(".onnx") or backend == "onnxruntime" or (backend == "auto" and device == "cpu"):
+        return "onnxruntime", "cpu"
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if backend == "auto":
+        backend = "torch" if cuda else "onnxruntime"
+    if device == "auto":
+        device = "cuda" if backend == "torch" and cuda else "cpu"
+    return backend, device
+
+
+def load_detector(settings: Settings):
+    """The ``ssdlite.Detector`` for ``settings.model`` (a zoo name or a .pt/.onnx path).
+
+    Raises:
+        ssdlite.CheckpointError, ValueError, OSError: the model cannot be loaded; the message says why.
+    """
+    from ssdlite.detect import load_detector as load
+
+    backend, device = resolve_backend(settings)
+    if backend == "torch" and settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    return load(settings.model, backend=backend, device=device, threads=settings.threads)
+
+
+def warm_up(detector, max_batch_size: int):
+    """Runs the first inferences (ONNX Runtime and cuDNN plan on their first call of a shape)."""
+    size = detector.config.image_size
+    image = np.zeros((size, size, 3), np.uint8)
+    for batch_size in sorted({1, max_batch_size}):
+        detector.predict_batch([image] * batch_size)
+
+
+def describe(detector, settings: Settings) -> ModelInfo:
+    backend = {"OnnxRuntimeBackend": "onnxruntime", "TorchBackend": "torch"}.get(
+        type(detector.forward).__name__, "custom"
+    )
+    return ModelInfo(
+        name=settings.model,
+        classes=detector.class_names,
+        input_size=detector.config.image_size,
+        backend=backend,
+        device=str(detector.device),
+        max_batch_size=settings.max_batch_size,
+        score_threshold=settings.score_threshold,
+        max_detections=settings.max_detections,
+    )

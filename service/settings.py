@@ -1,0 +1,34 @@
+"""Service settings, read from ``SSDLITE_*`` environment variables (or passed in by tests)."""
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; each field ``x`` is the variable ``SSDLITE_X``."""
+
+    model_config = SettingsConfigDict(env_prefix="SSDLITE_", extra="ignore")
+
+    model: str = Field("tf-pedestrian", description="model-zoo name, or a checkpoint (.pt) or .onnx path")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    backend: Literal["auto", "onnxruntime", "torch"] = Field(
+        "auto", description="auto: torch on CUDA when there is a GPU, else onnxruntime on the CPU"
+    )
+    device: str = Field("auto", description="torch device for the torch backend (auto, cpu, cuda, cuda:1)")
+    threads: int | None = Field(None, ge=1, description="inference threads (default: all cores)")
+
+    max_body_size: int = Field(10 * 1024 * 1024, ge=1, description="largest request body in bytes (413 above)")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest image in pixels, checked before decoding (413)")
+    max_files: int = Field(32, ge=1, description="most images in one /detect/batch request")
+    queue_size: int = Field(32, ge=1, description="images waiting for inference before new ones get 503")
+    max_batch_size: int = Field(4, ge=1, description="most images in one inference call")
+    max_wait_ms: float = Field(0.0, ge=0, description="how long a non-full batch waits for more images")
+
+    score_threshold: float = Field(0.5, ge=0, le=1, description="default minimum score")
+    max_detections: int = Field(100, ge=1, le=1000, description="default detections per image")
+    jpeg_quality: int = Field(90, ge=1, le=100, description="quality of rendered JPEGs")
+    access_log: bool = True
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

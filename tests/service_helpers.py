@@ -1,0 +1,143 @@
+"""Shared helpers for the service tests: scripted detectors, test images, a served subprocess."""
+
+import functools
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from ssdlite import Detector, build_model, get_config, save_checkpoint
+from ssdlite.boxes import encode_boxes
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTOS = Path(__file__).parent / "fixtures" / "images"
+CLASS_NAMES = ["person", "car"]
+
+
+def scripted_detector(box=(0.25, 0.5, 0.75, 1.0), delay: float = 0.0) -> Detector:
+    """A Detector whose forward pass always "sees" one person at ``box`` (normalised x1, y1, x2, y2).
+
+    ``delay`` seconds per call stand in for a slow model; ``detector.batch_sizes`` records each call.
+    """
+    config = get_config("ssdlite320_mobilenet_v2", num_classes=len(CLASS_NAMES) + 1, image_size=160)
+    detector = Detector(None, config, CLASS_NAMES)
+    anchors = detector.anchors
+    target = torch.tensor(box, dtype=torch.float32)
+    deltas = encode_boxes(target.expand(anchors.shape[0], 4), anchors, config.box_weights)
+    logits = torch.full((anchors.shape[0], config.num_classes), -10.0)
+    logits[:, 0] = 10.0
+    centre = (target[:2] + target[2:]) / 2
+    best = torch.argmin((anchors[:, :2] - centre).norm(dim=1))
+    logits[best, 0], logits[best, 1] = -10.0, 10.0
+    detector.batch_sizes = []
+
+    def forward(batch):
+        detector.batch_sizes.append(batch.shape[0])
+        if delay:
+            time.sleep(delay)
+        n = batch.shape[0]
+        return deltas.expand(n, -1, -1), logits.expand(n, -1, -1)
+
+    detector.forward = forward
+    return detector
+
+
+def small_checkpoint(path: Path) -> Path:
+    """A small random SSDLite checkpoint (fast to export and run) that knows CLASS_NAMES."""
+    torch.manual_seed(0)
+    model = build_model("ssdlite320_mobilenet_v2", num_classes=len(CLASS_NAMES) + 1, width_mult=0.5, image_size=160)
+    return save_checkpoint(path, model.eval(), CLASS_NAMES)
+
+
+def encode(image: np.ndarray | Image.Image, image_format: str = "JPEG", **options) -> bytes:
+    image = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def photo(name: str = "astronaut.jpg") -> bytes:
+    return (PHOTOS / name).read_bytes()
+
+
+def photo_640x480(name: str = "astronaut.jpg") -> bytes:
+    return encode(Image.open(PHOTOS / name).convert("RGB").resize((640, 480)), quality=90)
+
+
+@functools.cache
+def bad_inputs() -> dict[str, tuple[bytes, tuple[int, ...]]]:
+    """name -> (body, acceptable statuses) for every kind of bad upload the service must refuse."""
+    good = photo()
+    bomb = io.BytesIO()
+    # A 30000x30000 PNG: a few hundred KB on the wire, 2.7 GB once decoded.
+    Image.new("1", (30000, 30000)).save(bomb, "PNG", optimize=False)
+    gif = encode(np.zeros((8, 8, 3), np.uint8), "GIF")
+    return {
+        "empty": (b"", (415, 422)),
+        "text": (b"hello, this is not an image at all", (415, 422)),
+        "truncated jpeg": (good[: len(good) // 2], (415, 422)),
+        "corrupt jpeg": (good[:200] + bytes(range(256)) * 40, (415, 422)),
+        "jpeg header only": (b"\xff\xd8\xff\xe0" + b"\x00" * 20, (415, 422)),
+        "gif": (gif, (415,)),
+        "pdf": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", (415,)),
+        "decompression bomb": (bomb.getvalue(), (413, 422)),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """``python -m service`` on 127.0.0.1 and a free port, for as long as the context lasts."""
+
+    def __init__(self, model: str | os.PathLike, timeout: float = 120, **settings):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "SSDLITE_MODEL": str(model), "SSDLITE_PORT": str(self.port),
+                    "SSDLITE_HOST": "127.0.0.1", "SSDLITE_ACCESS_LOG": "false", "PYTHONUNBUFFERED": "1"}
+        self.env.update({f"SSDLITE_{k.upper()}": str(v) for k, v in settings.items()})
+        self.timeout = timeout
+        self.log: list[str] = []
+
+    def __enter__(self) -> "ServiceProcess":
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        threading.Thread(target=lambda: self.log.extend(self.process.stdout), daemon=True).start()
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.output}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.__exit__()
+        raise TimeoutError(f"service not ready after {self.timeout} s:\n{self.output}")
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.log)
