@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchvision
 
-from ssdlite import Detector, build_model
+from ssdlite import PRESETS, Detector, build_model
 from ssdlite.export import OnnxRuntimeBackend, export_onnx
 
 from .common import machine_description, make_background_dominant, time_call
@@ -21,8 +21,8 @@ from .common import machine_description, make_background_dominant, time_call
 NUM_CLASSES = 91
 
 
-def our_model():
-    model = build_model("ssdlite320_mobilenet_v2", num_classes=NUM_CLASSES).eval()
+def our_model(name: str = "ssdlite320_mobilenet_v2"):
+    model = build_model(name, num_classes=NUM_CLASSES).eval()
     make_background_dominant([p[-1] for p in model.class_head.predictors], NUM_CLASSES)
     return model
 
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--all-presets", action="store_true", help="also time every preset on onnxruntime")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -69,6 +70,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in results.items():
         r["speedup_vs_torchvision"] = baseline / r["p50"]
         print(f"{name:45s} {r['p50']:8.1f} {r['p95']:8.1f} {r['speedup_vs_torchvision']:29.2f}x")
+    if args.all_presets:
+        print(f"\nevery preset on onnxruntime ({NUM_CLASSES} classes):")
+        for name in PRESETS:
+            preset_model = our_model(name)
+            runtime = OnnxRuntimeBackend(export_onnx(preset_model, class_names), threads=args.threads)
+            detector = Detector(runtime, preset_model.config, class_names)
+            timing = time_call(lambda d=detector: d.predict(image), args.iterations)
+            results[f"{name} (onnxruntime)"] = timing
+            print(f"{name:45s} {timing['p50']:8.1f} {timing['p95']:8.1f}")
     detections = {"ours": len(ours_onnx.predict(image)), "torchvision": len(run_torchvision()[0]["boxes"])}
     print(f"detections returned on the benchmark image: {detections}")
     if args.json:

@@ -96,6 +96,9 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning workers keep the cores busy after each run and starve the torch pre- and
+        # postprocessing around it: measured 16.7 vs 18.2 ms end to end on 2 idle cores.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = model if isinstance(model, bytes) else str(model)
         try:
             self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
