@@ -76,3 +76,37 @@ def test_bad_images_raise_clear_errors(small_model, bad, message):
 
 def test_empty_batch(small_model):
     assert Detector.from_model(small_model, ["cat", "dog", "bird"]).predict_batch([]) == []
+
+
+def test_detect_cli_reports_bad_files_and_keeps_going(tmp_path, small_model, capsys):
+    import json
+
+    import cv2
+
+    from ssdlite import save_checkpoint
+    from ssdlite.detect import main as detect_main
+
+    checkpoint = save_checkpoint(tmp_path / "model.pt", small_model, ["cat", "dog", "bird"])
+    good = tmp_path / "good.png"
+    cv2.imwrite(str(good), np.full((40, 60, 3), 128, np.uint8))
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    out_dir = tmp_path / "out"
+    code = detect_main([str(corrupt), str(good), str(tmp_path / "missing.jpg"), "--model", str(checkpoint),
+                        "--score-threshold", "0", "-o", str(out_dir)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "corrupt.jpg: not a readable image" in captured.err and "missing.jpg: no such file" in captured.err
+    (line,) = captured.out.strip().splitlines()
+    result = json.loads(line)
+    assert result["width"] == 60 and result["height"] == 40 and len(result["detections"]) > 0
+    assert cv2.imread(str(out_dir / "good.png")).shape == (40, 60, 3)
+
+
+def test_detect_cli_rejects_a_bad_model(tmp_path, capsys):
+    from ssdlite.detect import main as detect_main
+
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_bytes(b"nope")
+    assert detect_main(["x.jpg", "--model", str(bogus)]) == 2
+    assert "bogus.pt: not a readable checkpoint" in capsys.readouterr().err
