@@ -1,0 +1,216 @@
+"""One training epoch and one evaluation pass, plus the EMA of the weights and the LR schedule."""
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ssdlite.postprocess import postprocess
+
+from . import distributed
+from .data import Batch
+from .evaluation import CocoEvaluator
+
+LOG_EVERY = 10  # steps between host syncs for the progress bar
+
+
+class ModelEMA:
+    """Exponential moving average of a model's weights (and BatchNorm statistics).
+
+    The decay ramps up as ``decay * (1 - exp(-updates / warmup))`` so early, poor weights fade
+    quickly; ``updates`` is saved with the checkpoint for an exact resume.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9998, warmup: float = 2000):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+        self.warmup = warmup
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module):
+        self.updates += 1
+        decay = self.decay * (1 - math.exp(-self.updates / self.warmup))
+        current = model.state_dict()
+        floats, targets = [], []
+        for name, value in self.module.state_dict().items():
+            if value.dtype.is_floating_point:
+                floats.append(value)
+                targets.append(current[name].detach())
+            else:
+                value.copy_(current[name])
+        torch._foreach_lerp_(floats, targets, 1 - decay)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, warmup_factor: float = 0.001, final_factor: float = 0.01):
+    """LR multiplier per step: linear warm-up from ``warmup_factor``, then cosine to ``final_factor``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return warmup_factor + (1 - warmup_factor) * step / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
+class EpochResult:
+    loss: float = math.nan
+    loss_box: float = math.nan
+    loss_cls: float = math.nan
+    images: int = 0
+    seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    completed_steps: int = 0  # steps of this epoch done (equals the loader length unless stopped)
+    stopped: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def to_model_input(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """uint8 ``[N, 3, S, S]`` -> float pixels on ``device`` (the model normalises them itself)."""
+    images = images.to(device, non_blocking=True).float()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return images.contiguous(memory_format=memory_format)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader,
+    device: torch.device,
+    epoch: int,
+    *,
+    ema: ModelEMA | None = None,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    clip_grad: float | None = None,
+    first_step: int = 0,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: bool = True,
+) -> EpochResult:
+    """Trains for one pass over ``loader`` (which may start at ``first_step`` of the epoch).
+
+    Every ``LOG_EVERY`` steps the losses are synced to the host for the progress bar and
+    checked for NaN/inf. Under DDP the ranks agree every step on whether to stop (a signal
+    arrived on any rank) and whether to skip the step (a rank got a batch whose images were
+    all unreadable), so no rank is left waiting in a collective.
+    """
+    model.train()
+    result = EpochResult(completed_steps=first_step)
+    totals = torch.zeros(3, device=device)
+    steps_in_totals = 0
+    start = time.perf_counter()
+    bar = tqdm(
+        total=first_step + len(loader),
+        initial=first_step,
+        desc=f"epoch {epoch}",
+        disable=not progress,
+        dynamic_ncols=True,
+        leave=True,
+    )
+    for batch in loader:
+        batch: Batch
+        result.skipped += batch.skipped
+        flags = distributed.all_reduce_sum(torch.tensor([float(should_stop()), float(len(batch) == 0)]))
+        if flags[0] > 0:
+            result.stopped = True
+            break
+        result.completed_steps += 1
+        bar.update(1)
+        if flags[1] > 0:
+            scheduler.step()  # keep the schedule aligned with the step count
+            continue
+        images = to_model_input(batch.images, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            box_regression, class_logits = model(images)
+        losses = criterion(
+            box_regression,
+            class_logits,
+            batch.boxes.to(device, non_blocking=True),
+            batch.labels.to(device, non_blocking=True),
+            batch.iscrowd.to(device, non_blocking=True),
+        )
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        if clip_grad:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model)
+
+        totals += torch.stack([losses["loss"].detach(), losses["loss_box"].detach(), losses["loss_cls"].detach()])
+        steps_in_totals += 1
+        result.images += len(batch)
+        if steps_in_totals % LOG_EVERY == 0 or result.completed_steps == first_step + len(loader):
+            loss, loss_box, loss_cls = (totals / steps_in_totals).tolist()
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss} at epoch {epoch}; try a lower --lr or --clip-grad")
+            result.loss, result.loss_box, result.loss_cls = loss, loss_box, loss_cls
+            result.seconds = time.perf_counter() - start
+            bar.set_postfix(
+                loss=f"{loss:.3f}",
+                box=f"{loss_box:.3f}",
+                cls=f"{loss_cls:.3f}",
+                lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                img_s=f"{result.images_per_second:.1f}",
+            )
+    bar.close()
+    if steps_in_totals:
+        loss, loss_box, loss_cls = (totals / steps_in_totals).tolist()
+        result.loss, result.loss_box, result.loss_cls = loss, loss_box, loss_cls
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    loader,
+    device: torch.device,
+    evaluator: CocoEvaluator,
+    *,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: bool = True,
+) -> list[str]:
+    """Runs batched inference over ``loader`` into ``evaluator``; returns the skipped images.
+
+    Under DDP each rank evaluates its own shard; call ``evaluator.synchronize_between_processes``
+    afterwards.
+    """
+    model.eval()
+    config = model.config
+    anchors = model.anchors
+    skipped = []
+    for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True, leave=False):
+        skipped += batch.skipped
+        if len(batch) == 0:
+            continue
+        images = to_model_input(batch.images, device, channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            box_regression, class_logits = model(images)
+        detections = postprocess(
+            box_regression.float(),
+            class_logits.float(),
+            anchors,
+            box_weights=config.box_weights,
+            score_function=config.score_function,
+            score_threshold=config.score_threshold,
+            nms_iou=config.nms_iou,
+            max_detections=config.max_detections,
+            candidates_per_image=config.candidates_per_image,
+        )
+        evaluator.update(batch.image_ids, batch.sizes, detections)
+    return skipped
