@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=settings.log_level,
         access_log=settings.access_log,
         ws_max_size=settings.max_body_size,
+        ws_per_message_deflate=False,  # JPEG frames do not compress; deflate would only burn CPU
         timeout_graceful_shutdown=5,
     )
     return 0

@@ -1,0 +1,295 @@
+"""Loopback load test of the detection service against a naive FastAPI + torchvision baseline.
+
+``python -m bench.service [--requests 1000] [--concurrency 8] [--batch-sizes 1,4]``: starts
+``python -m service`` (once per ``--batch-sizes`` value), sends 640x480 JPEGs made from a real
+photo as multipart uploads to ``POST /detect`` from ``--concurrency`` keep-alive connections,
+and prints req/s, p50/p95/p99 latency and error counts; then streams the same frames over the
+WebSocket one at a time (fps, per-frame p50); then does the same HTTP run against a baseline
+server: FastAPI + torchvision's ``ssdlite320_mobilenet_v3_large`` (background-dominant class
+biases, as in ``bench.latency``), one request at a time. Everything runs on 127.0.0.1 and the
+load generator shares the machine's cores with the server.
+"""
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import machine_description
+
+ROOT = Path(__file__).resolve().parents[1]
+PHOTO = ROOT / "tests" / "fixtures" / "images" / "grace_hopper.jpg"
+BOUNDARY = "ssdlitebenchboundary"
+
+
+def frame_jpeg(width: int = 640, height: int = 480) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.open(PHOTO).convert("RGB").resize((width, height)).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def multipart_request(path: str, port: int, jpeg: bytes) -> bytes:
+    body = (
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"frame.jpg\"\r\n"
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode() + jpeg + f"\r\n--{BOUNDARY}--\r\n".encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """(status, keep-alive) of one HTTP/1.1 response with a Content-Length body."""
+    status = int((await reader.readline()).split()[1])
+    length, keep_alive = 0, True
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "connection" and value.strip().lower() == "close":
+            keep_alive = False
+    await reader.readexactly(length)
+    return status, keep_alive
+
+
+async def http_load(port: int, request: bytes, total: int, concurrency: int, timeout: float = 30) -> dict:
+    """Sends ``total`` requests over ``concurrency`` keep-alive connections (a lean client: the
+    load generator runs on the same 2 cores, so it must cost the server as little as possible)."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    remaining = total
+
+    async def worker():
+        nonlocal remaining
+        connection = None
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            try:
+                if connection is None:
+                    connection = await asyncio.open_connection("127.0.0.1", port)
+                reader, writer = connection
+                writer.write(request)
+                status, keep_alive = await asyncio.wait_for(read_response(reader), timeout)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, IndexError) as error:
+                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+                connection = None
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+            if not keep_alive:
+                connection[1].close()
+                connection = None
+        if connection:
+            connection[1].close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {"requests": total, "seconds": elapsed, "req_per_s": total / elapsed, **percentiles(latencies),
+            "errors": sum(errors.values()), "error_kinds": errors}
+
+
+async def websocket_stream(port: int, jpeg: bytes, frames: int) -> dict:
+    """One frame in flight at a time (as the page does): fps and per-frame round-trip latency."""
+    from websockets.asyncio.client import connect
+
+    latencies, errors = [], 0
+    async with connect(f"ws://127.0.0.1:{port}/ws", compression=None, max_size=None) as socket:
+        for _ in range(5):  # warm-up
+            await socket.send(jpeg)
+            await socket.recv()
+        started = time.perf_counter()
+        for _ in range(frames):
+            sent = time.perf_counter()
+            await socket.send(jpeg)
+            reply = json.loads(await socket.recv())
+            latencies.append((time.perf_counter() - sent) * 1000)
+            errors += "error" in reply
+        elapsed = time.perf_counter() - started
+    return {"frames": frames, "fps": frames / elapsed, **percentiles(latencies), "errors": errors}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
+    values = sorted(values)
+
+    def at(q):
+        return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+    return {"p50": statistics.median(values), "p95": at(0.95), "p99": at(0.99)}
+
+
+class Server:
+    """A server subprocess on a free loopback port, waited on until /readyz answers 200."""
+
+    def __init__(self, command: list[str], env: dict[str, str]):
+        """``command`` gets ``--port PORT`` appended."""
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.command = [*command, "--port", str(self.port)]
+        self.env = {**os.environ, **env}
+
+    def __enter__(self) -> "Server":
+        import httpx
+
+        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{' '.join(self.command)} exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.__exit__()
+        raise TimeoutError("server not ready after 300 s")
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def baseline_app():
+    """FastAPI + torchvision SSDLite, the way one would first write it: decode, model([img]), one at a time."""
+    import threading
+
+    import torch
+    from fastapi import FastAPI, UploadFile
+    from PIL import Image
+
+    from .latency import torchvision_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = torchvision_model()
+    lock = threading.Lock()
+    app = FastAPI()
+
+    @app.get("/readyz")
+    def readyz():
+        return {"status": "ready"}
+
+    @app.post("/detect")
+    def detect(file: UploadFile):
+        image = np.array(Image.open(file.file).convert("RGB"))
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
+        with lock, torch.inference_mode():
+            output = model([tensor])[0]
+        keep = output["scores"] > 0.5
+        return {"width": image.shape[1], "height": image.shape[0], "detections": [
+            {"box": box, "score": score, "class_id": label}
+            for box, score, label in zip(output["boxes"][keep].tolist(), output["scores"][keep].tolist(),
+                                         output["labels"][keep].tolist(), strict=True)]}
+
+    return app
+
+
+def serve_baseline(port: int):
+    import uvicorn
+
+    uvicorn.run(baseline_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def run_http(server: "Server", jpeg: bytes, requests: int, concurrency: int) -> dict:
+    """The load run, with the CPU time it cost the server and this load generator per request."""
+    request = multipart_request("/detect", server.port, jpeg)
+    asyncio.run(http_load(server.port, request, 4 * concurrency, concurrency))  # warm-up
+    server_cpu, client_cpu = cpu_seconds(server.process.pid), time.process_time()
+    result = asyncio.run(http_load(server.port, request, requests, concurrency))
+    result["server_cpu_ms_per_request"] = (cpu_seconds(server.process.pid) - server_cpu) * 1000 / requests
+    result["client_cpu_ms_per_request"] = (time.process_time() - client_cpu) * 1000 / requests
+    return result
+
+
+def print_row(name: str, r: dict):
+    print(f"{name:52s} {r['req_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} {r['errors']:7d} "
+          f"{r['server_cpu_ms_per_request']:8.1f} {r['client_cpu_ms_per_request']:8.1f}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--baseline-requests", type=int, help="requests for the baseline (default: --requests)")
+    parser.add_argument("--ws-frames", type=int, default=300, help="frames in the WebSocket run")
+    parser.add_argument("--model", default="tf-pedestrian", help="what our service serves (SSDLITE_MODEL)")
+    parser.add_argument("--batch-sizes", default="1,4", help="SSDLITE_MAX_BATCH_SIZE values to compare")
+    parser.add_argument("--threads", type=int, help="SSDLITE_THREADS (default: all cores)")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_baseline:
+        serve_baseline(args.port)
+        return {}
+
+    jpeg = frame_jpeg()
+    print(f"loopback, {args.concurrency} connections, {args.requests} multipart 640x480 JPEG uploads "
+          f"({len(jpeg) // 1024} KB) per run; {machine_description()}")
+    load = os.getloadavg()[0]
+    print(f"load average before the run: {load:.2f}" + ("  (the machine is busy: figures are pessimistic)"
+                                                       if load > 0.5 * (os.cpu_count() or 1) else ""))
+    print(f"{'server':52s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
+          f"{'srv CPU':>8s} {'gen CPU':>8s}  (CPU ms/request: server, load generator)", flush=True)
+    results: dict = {}
+    env = {"SSDLITE_MODEL": args.model, "SSDLITE_ACCESS_LOG": "false", "SSDLITE_LOG_LEVEL": "warning"}
+    if args.threads:
+        env["SSDLITE_THREADS"] = str(args.threads)
+    for run, batch_size in enumerate(int(b) for b in args.batch_sizes.split(",")):
+        name = f"ours ({args.model}, onnxruntime, max batch {batch_size})"
+        name += f" #{run + 1}" if name in results else ""
+        with Server([sys.executable, "-m", "service"], {**env, "SSDLITE_MAX_BATCH_SIZE": str(batch_size)}) as server:
+            results[name] = run_http(server, jpeg, args.requests, args.concurrency)
+            print_row(name, results[name])
+            ws = asyncio.run(websocket_stream(server.port, jpeg, args.ws_frames))
+            results[f"{name} websocket"] = ws
+    if not args.no_baseline:
+        name = "baseline (FastAPI + torchvision ssdlite320, 1 at a time)"
+        with Server([sys.executable, "-m", "bench.service", "--serve-baseline"], {}) as server:
+            results[name] = run_http(server, jpeg, args.baseline_requests or args.requests, args.concurrency)
+            print_row(name, results[name])
+    print(f"\nWebSocket, one 640x480 JPEG frame in flight, {args.ws_frames} frames:")
+    for name, r in results.items():
+        if name.endswith("websocket"):
+            print(f"{name:64s} {r['fps']:6.1f} fps  p50 {r['p50']:5.1f} ms  p95 {r['p95']:5.1f} ms  "
+                  f"errors {r['errors']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
