@@ -123,12 +123,22 @@ class InferenceEngine:
         return await request.future
 
     async def _run(self):
+        batch: list[_Request] = []
+        try:
+            await self._serve(batch)
+        except asyncio.CancelledError:
+            for request in batch:  # the batch in inference when the engine stopped
+                if not request.future.done():
+                    request.future.set_exception(EngineStoppedError("the server is shutting down"))
+            raise
+
+    async def _serve(self, batch: list[_Request]):
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
+            batch[:] = await self._collect()
             self._on_queue_depth(self._queue.qsize())
             # A client that went away cancelled its future: skip its image.
-            batch = [request for request in batch if not request.future.done()]
+            batch[:] = [request for request in batch if not request.future.done()]
             if not batch:
                 continue
             started = time.perf_counter()
