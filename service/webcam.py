@@ -8,6 +8,7 @@ Headless machines: ``--no-display --output out.mp4`` (and ``--json`` for one JSO
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -29,8 +30,11 @@ class RemoteDetector:
         query = urlencode({"score_threshold": score_threshold})
         self.endpoint = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/ws", query, ""))
         self.jpeg_quality = jpeg_quality
+        self._connection = contextlib.ExitStack()
         try:
-            self.socket = connect(self.endpoint, compression=None, max_size=None, open_timeout=10)
+            self.socket = self._connection.enter_context(
+                connect(self.endpoint, compression=None, max_size=None, open_timeout=10)
+            )
         except (OSError, TimeoutError) as error:
             raise ConnectionError(f"cannot reach the service at {self.endpoint}: {error}") from None
         except Exception as error:  # websockets' handshake errors (HTTP status, bad response)
@@ -47,7 +51,7 @@ class RemoteDetector:
         return reply["detections"]
 
     def close(self):
-        self.socket.close()
+        self._connection.close()
 
 
 class LocalDetector:

@@ -1,5 +1,6 @@
 """Shared helpers for the service tests: scripted detectors, test images, a served subprocess."""
 
+import atexit
 import functools
 import io
 import os
@@ -21,6 +22,7 @@ from ssdlite.boxes import encode_boxes
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = Path(__file__).parent / "fixtures" / "images"
 CLASS_NAMES = ["person", "car"]
+SMALL_BODY_LIMIT = 2_000_000  # what the shared served process runs with
 
 
 def scripted_detector(box=(0.25, 0.5, 0.75, 1.0), delay: float = 0.0) -> Detector:
@@ -141,3 +143,16 @@ class ServiceProcess:
     @property
     def output(self) -> str:
         return "".join(self.log)
+
+
+_shared: dict[tuple, ServiceProcess] = {}
+
+
+def shared_service(model: str | os.PathLike, **settings) -> ServiceProcess:
+    """One served process per (model, settings) for the whole test session (each start costs seconds)."""
+    key = (str(model), tuple(sorted(settings.items())))
+    if key not in _shared or _shared[key].process.poll() is not None:
+        server = ServiceProcess(model, **settings).__enter__()
+        atexit.register(server.__exit__)
+        _shared[key] = server
+    return _shared[key]

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from .service_helpers import PHOTOS, ServiceProcess
+from .service_helpers import PHOTOS, SMALL_BODY_LIMIT, shared_service
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -64,34 +64,34 @@ def test_page_streams_the_camera_and_draws_a_box_on_the_person(person_checkpoint
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    with ServiceProcess(person_checkpoint) as server:
-        browser.get(f"{server.url}/")
-        WebDriverWait(browser, 20).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
-        browser.find_element(By.ID, "start").click()
-        try:
-            WebDriverWait(browser, 60).until(
-                lambda d: d.execute_script("return window.ssdlite.frames") >= 5
-                and d.find_element(By.ID, "overlay").get_attribute("data-boxes") not in ("0", None)
-            )
-        finally:
-            browser.save_screenshot(str(tmp_path / "page.png"))
-        state = browser.execute_script("return window.ssdlite")
-        overlay = browser.find_element(By.ID, "overlay")
-        assert state["errors"] == 0 and state["connected"]
-        assert "person" in overlay.get_attribute("data-labels").split(",")
-        assert state["detections"][0]["label"] == "person" and state["detections"][0]["score"] >= 0.5
-        assert browser.execute_script(OVERLAY_PIXELS) > 500, "no box was painted on the overlay canvas"
-        assert float(browser.find_element(By.ID, "fps").text) > 0
-        assert float(browser.find_element(By.ID, "latency").text) > 0
-        assert int(browser.find_element(By.ID, "count").text) >= 1
-
-        # The upload form: one image, detections drawn on their own canvas.
-        browser.find_element(By.ID, "file").send_keys(str(PHOTOS / "astronaut.jpg"))
-        browser.find_element(By.CSS_SELECTOR, "#upload-form button").click()
-        WebDriverWait(browser, 30).until(
-            lambda d: d.find_element(By.ID, "upload-canvas").get_attribute("data-boxes") not in ("0", None)
+    server = shared_service(person_checkpoint, max_body_size=SMALL_BODY_LIMIT)
+    browser.get(f"{server.url}/")
+    WebDriverWait(browser, 20).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "start").click()
+    try:
+        WebDriverWait(browser, 60).until(
+            lambda d: d.execute_script("return window.ssdlite.frames") >= 5
+            and d.find_element(By.ID, "overlay").get_attribute("data-boxes") not in ("0", None)
         )
-        assert "person" in browser.find_element(By.ID, "upload-canvas").get_attribute("data-labels")
-        assert "detections in" in browser.find_element(By.ID, "upload-status").text
-        browser.save_screenshot(str(tmp_path / "upload.png"))
+    finally:
+        browser.save_screenshot(str(tmp_path / "page.png"))
+    state = browser.execute_script("return window.ssdlite")
+    overlay = browser.find_element(By.ID, "overlay")
+    assert state["errors"] == 0 and state["connected"]
+    assert "person" in overlay.get_attribute("data-labels").split(",")
+    assert state["detections"][0]["label"] == "person" and state["detections"][0]["score"] >= 0.5
+    assert browser.execute_script(OVERLAY_PIXELS) > 500, "no box was painted on the overlay canvas"
+    assert float(browser.find_element(By.ID, "fps").text) > 0
+    assert float(browser.find_element(By.ID, "latency").text) > 0
+    assert int(browser.find_element(By.ID, "count").text) >= 1
+
+    # The upload form: one image, detections drawn on their own canvas.
+    browser.find_element(By.ID, "file").send_keys(str(PHOTOS / "astronaut.jpg"))
+    browser.find_element(By.CSS_SELECTOR, "#upload-form button").click()
+    WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.ID, "upload-canvas").get_attribute("data-boxes") not in ("0", None)
+    )
+    assert "person" in browser.find_element(By.ID, "upload-canvas").get_attribute("data-labels")
+    assert "detections in" in browser.find_element(By.ID, "upload-status").text
+    browser.save_screenshot(str(tmp_path / "upload.png"))
     assert (tmp_path / "page.png").stat().st_size > 10_000

@@ -9,16 +9,15 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from .service_helpers import ROOT, ServiceProcess, bad_inputs, photo, photo_640x480
+from .service_helpers import ROOT, SMALL_BODY_LIMIT, bad_inputs, photo, photo_640x480, shared_service
 
 # Hand-drawn boxes around the person in each photo (x1, y1, x2, y2).
 PEOPLE = {"astronaut.jpg": (0, 30, 390, 512), "grace_hopper.jpg": (0, 0, 512, 600)}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def server(person_checkpoint):
-    with ServiceProcess(person_checkpoint, max_body_size=2_000_000) as server:
-        yield server
+    return shared_service(person_checkpoint, max_body_size=SMALL_BODY_LIMIT)
 
 
 def iou(a, b) -> float:
@@ -73,7 +72,7 @@ def test_oversized_body_is_refused_before_it_is_sent(server):
             response += chunk
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), head
-    assert "limit is 2000000 bytes" in json.loads(body)["detail"]
+    assert f"limit is {SMALL_BODY_LIMIT} bytes" in json.loads(body)["detail"]
     assert httpx.post(f"{server.url}/detect", content=photo(), timeout=30).status_code == 200
 
 
