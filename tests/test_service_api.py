@@ -272,3 +272,46 @@ def test_serves_a_checkpoint_path_with_onnxruntime(tmp_path):
         for det in detections:
             x1, y1, x2, y2 = det["box"]
             assert 0 <= x1 <= x2 <= 512 and 0 <= y1 <= y2 <= 512 and det["label"] in ("person", "car")
+
+
+def test_serves_an_exported_onnx_file(tmp_path):
+    from ssdlite import export_onnx, load_checkpoint
+
+    model, class_names = load_checkpoint(small_checkpoint(tmp_path / "small.pt"))
+    onnx_path = tmp_path / "small.onnx"
+    export_onnx(model, class_names, onnx_path)
+    with TestClient(create_app(Settings(model=str(onnx_path), backend="torch"))) as client:
+        assert client.get("/model").json()["backend"] == "onnxruntime"  # .onnx files always run there
+        assert client.post("/detect", content=photo()).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("backend", "device", "cuda", "expected"),
+    [
+        ("auto", "auto", False, ("onnxruntime", "cpu")),
+        ("auto", "auto", True, ("torch", "cuda")),
+        ("auto", "cpu", True, ("onnxruntime", "cpu")),
+        ("onnxruntime", "auto", True, ("onnxruntime", "cpu")),
+        ("torch", "auto", False, ("torch", "cpu")),
+        ("torch", "cuda:1", True, ("torch", "cuda:1")),
+    ],
+)
+def test_backend_choice(monkeypatch, backend, device, cuda, expected):
+    import torch
+
+    from service.model import resolve_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_backend(Settings(backend=backend, device=device)) == expected
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SSDLITE_MODEL", "/models/mine.onnx")
+    monkeypatch.setenv("SSDLITE_PORT", "9000")
+    monkeypatch.setenv("SSDLITE_MAX_BATCH_SIZE", "2")
+    settings = Settings()
+    assert (settings.model, settings.port, settings.max_batch_size, settings.host) == ("/models/mine.onnx", 9000, 2,
+                                                                                        "127.0.0.1")
+    monkeypatch.setenv("SSDLITE_QUEUE_SIZE", "zero")
+    with pytest.raises(ValueError, match="queue_size"):
+        Settings()
