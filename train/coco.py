@@ -49,6 +49,7 @@ RECIPES = {
         "warmup_epochs": 2,
         "augment": "light",
         "ema_decay": 0.999,
+        "eval_every": 5,
     },
     "coco": {
         "model": "ssdlite320_mobilenet_v2",
@@ -62,6 +63,7 @@ RECIPES = {
         "warmup_epochs": 5,
         "augment": "ssd",
         "ema_decay": 0.9998,
+        "eval_every": 1,
     },
 }
 BATCH_FOR_BASE_LR = 256
@@ -131,7 +133,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     train.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
     train.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA")
     train.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (CUDA only)")
-    train.add_argument("--eval-every", type=int, default=1, help="evaluate every N epochs (and after the last)")
+    train.add_argument("--eval-every", type=int, help="evaluate every N epochs (and after the last)")
 
     out = parser.add_argument_group("outputs")
     out.add_argument("--output-dir", help="default: runs/train/<date-time> (runs/eval/<date-time> with --eval-only)")
@@ -353,10 +355,9 @@ def make_output_dir(args, dist_info, kind: str) -> Path:
 def run_eval_only(args, dist_info, device, data_paths) -> EvalResult:
     if not args.weights:
         raise UsageError("--eval-only needs --weights CHECKPOINT")
+    val_set = CocoDetection(data_paths["val_ann"], data_paths["val_images"])
     model, class_names = load_checkpoint(args.weights, device)
-    val_set = CocoDetection(
-        data_paths["val_ann"], data_paths["val_images"], build_transform(model.config.image_size, train=False)
-    )
+    val_set.transform = build_transform(model.config.image_size, train=False)
     output_dir = make_output_dir(args, dist_info, "eval")
     _, val_loader, _ = build_loaders(args, None, val_set, dist_info, device)
     amp, channels_last = amp_and_layout(args, device)
@@ -464,13 +465,25 @@ def train(args, dist_info, device, data_paths) -> dict:
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=args.momentum, nesterov=True)
     else:
         optimizer = torch.optim.AdamW(groups, lr=lr)
-    ema = ModelEMA(model, args.ema_decay) if args.ema_decay else None
 
+    train_loader, val_loader, workers = build_loaders(args, train_set, val_set, dist_info, device)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise DataError(f"{data_paths['train_ann']}: no training images")
+    schedule = warmup_cosine(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    # The EMA's decay ramps up over a tenth of a short run (at most 2000 steps).
+    ema = (
+        ModelEMA(model, args.ema_decay, warmup=max(1, min(2000, args.epochs * steps_per_epoch // 10)))
+        if args.ema_decay
+        else None
+    )
     start_epoch, start_step, best_map, history = 0, 0, -1.0, []
     if resume:
         state = resume["train_state"]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.module.load_state_dict(resume["model"])
             ema.updates = state["ema_updates"]
@@ -480,15 +493,6 @@ def train(args, dist_info, device, data_paths) -> dict:
         log(f"resuming {resume['path']} at epoch {start_epoch + 1}" + (f", step {start_step}" if start_step else ""))
     else:
         output_dir = make_output_dir(args, dist_info, "train")
-
-    train_loader, val_loader, workers = build_loaders(args, train_set, val_set, dist_info, device)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise DataError(f"{data_paths['train_ann']}: no training images")
-    schedule = warmup_cosine(args.epochs * steps_per_epoch, round(args.warmup_epochs * steps_per_epoch))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    if resume:
-        scheduler.load_state_dict(resume["train_state"]["scheduler"])
 
     amp, channels_last = amp_and_layout(args, device)
     if channels_last:
@@ -619,7 +623,8 @@ def train(args, dist_info, device, data_paths) -> dict:
                         **extra,
                     )
                 outputs.write_metrics(output_dir, history)
-                outputs.plot_curves(output_dir / "curves.png", history)
+                if eval_result is not None:
+                    outputs.plot_curves(output_dir / "curves.png", history)
                 line = (
                     f"epoch {epoch + 1}/{args.epochs}: loss {result.loss:.3f} (box {result.loss_box:.3f}, "
                     f"cls {result.loss_cls:.3f}), {row['img_per_s']:.1f} img/s, {result.seconds:.0f} s"

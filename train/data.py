@@ -196,9 +196,9 @@ class CocoDetection(Dataset):
     def __init__(self, annotation_file, image_dir, transform=None, seed: int = 0):
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
+        self.coco = load_coco(annotation_file)
         if not self.image_dir.is_dir():
             raise DataError(f"{self.image_dir}: image directory not found")
-        self.coco = load_coco(annotation_file)
         self.categories = CategoryMap.from_coco(self.coco)
         self.transform = transform
         self.seed = seed

@@ -99,7 +99,7 @@ class CocoEvaluator:
             ap = float(p[p > -1].mean()) if (p > -1).any() else -1.0
             p50 = precision[0, :, k]
             ap50 = float(p50[p50 > -1].mean()) if (p50 > -1).any() else -1.0
-            rows.append(self._row(category_id, ap, ap50))
+            rows.append(self._row(int(category_id), ap, ap50))
         return EvalResult(stats, rows, summary.getvalue())
 
     def _row(self, category_id: int, ap: float, ap50: float) -> dict:

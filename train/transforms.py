@@ -50,6 +50,12 @@ class ZoomOut(DualTransform):
         out[top : top + img.shape[0], left : left + img.shape[1]] = img
         return out
 
+    def apply_to_mask(self, mask: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int], **params):
+        left, top = offset
+        out = np.zeros((*canvas, *mask.shape[2:]), mask.dtype)
+        out[top : top + mask.shape[0], left : left + mask.shape[1]] = mask
+        return out
+
     def apply_to_bboxes(self, bboxes: np.ndarray, canvas: tuple[int, int], offset: tuple[int, int], **params):
         # Boxes are normalised to the current image; renormalise them to the canvas.
         height, width = params["shape"][:2]
@@ -148,15 +154,16 @@ def build_transform(image_size: int, augment: str = "ssd", train: bool = True) -
             steps += [ZoomOut(p=0.5), SSDRandomCrop()]
         steps.append(A.HorizontalFlip(p=0.5))
     steps.append(A.Resize(image_size, image_size, interpolation=cv2.INTER_LINEAR))
-    return A.Compose(
-        steps,
-        bbox_params=A.BboxParams(
-            format="pascal_voc",
-            label_fields=["labels", "iscrowd"],
-            min_visibility=MIN_VISIBILITY if train else 0.0,
-            min_width=MIN_BOX_SIDE if train else 0.0,
-            min_height=MIN_BOX_SIDE if train else 0.0,
-            clip=True,
-        ),
-        seed=0,
+    return A.Compose(steps, bbox_params=bbox_params(train), seed=0)
+
+
+def bbox_params(train: bool) -> A.BboxParams:
+    """Pixel xyxy boxes with ``labels`` and ``iscrowd``; training drops boxes a crop mostly removed."""
+    return A.BboxParams(
+        format="pascal_voc",
+        label_fields=["labels", "iscrowd"],
+        min_visibility=MIN_VISIBILITY if train else 0.0,
+        min_width=MIN_BOX_SIDE if train else 0.0,
+        min_height=MIN_BOX_SIDE if train else 0.0,
+        clip=True,
     )
