@@ -233,9 +233,21 @@ def run_http(server: "Server", jpeg: bytes, requests: int, concurrency: int) -> 
     return result
 
 
-def print_row(name: str, r: dict):
-    print(f"{name:52s} {r['req_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} {r['errors']:7d} "
-          f"{r['server_cpu_ms_per_request']:8.1f} {r['client_cpu_ms_per_request']:8.1f}", flush=True)
+def mean_batch_size(port: int) -> float:
+    """Images per inference call so far, from the service's Prometheus histogram."""
+    import httpx
+
+    values = {}
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("ssdlite_inference_batch_size_sum", "ssdlite_inference_batch_size_count"):
+            values[name] = float(value)
+    return values["ssdlite_inference_batch_size_sum"] / max(values["ssdlite_inference_batch_size_count"], 1)
+
+
+def print_row(name: str, r: dict, note: str = ""):
+    print(f"{name:58s} {r['req_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} {r['errors']:7d} "
+          f"{r['server_cpu_ms_per_request']:8.1f} {r['client_cpu_ms_per_request']:8.1f}{note}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -262,7 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
     load = os.getloadavg()[0]
     print(f"load average before the run: {load:.2f}" + ("  (the machine is busy: figures are pessimistic)"
                                                        if load > 0.5 * (os.cpu_count() or 1) else ""))
-    print(f"{'server':52s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
+    print(f"{'server':58s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
           f"{'srv CPU':>8s} {'gen CPU':>8s}  (CPU ms/request: server, load generator)", flush=True)
     results: dict = {}
     env = {"SSDLITE_MODEL": args.model, "SSDLITE_ACCESS_LOG": "false", "SSDLITE_LOG_LEVEL": "warning"}
@@ -273,7 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
         name += f" #{run + 1}" if name in results else ""
         with Server([sys.executable, "-m", "service"], {**env, "SSDLITE_MAX_BATCH_SIZE": str(batch_size)}) as server:
             results[name] = run_http(server, jpeg, args.requests, args.concurrency)
-            print_row(name, results[name])
+            results[name]["mean_batch_size"] = mean_batch_size(server.port)
+            print_row(name, results[name], f"  mean batch {results[name]['mean_batch_size']:.2f}")
             ws = asyncio.run(websocket_stream(server.port, jpeg, args.ws_frames))
             results[f"{name} websocket"] = ws
     if not args.no_baseline:
@@ -284,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nWebSocket, one 640x480 JPEG frame in flight, {args.ws_frames} frames:")
     for name, r in results.items():
         if name.endswith("websocket"):
-            print(f"{name:64s} {r['fps']:6.1f} fps  p50 {r['p50']:5.1f} ms  p95 {r['p95']:5.1f} ms  "
+            print(f"{name:68s} {r['fps']:6.1f} fps  p50 {r['p50']:5.1f} ms  p95 {r['p95']:5.1f} ms  "
                   f"errors {r['errors']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
