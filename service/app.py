@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from . import api
-from .decoding import ImageError
+from .decoding import ImageError, warm_up_decoder
 from .engine import EngineStoppedError, InferenceEngine, QueueFullError
 from .limits import BodyLimitMiddleware
 from .metrics import HTTPMetricsMiddleware, Metrics
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None, detector=None) -> FastAPI:
             on_queue_depth=metrics.queue_depth.set,
         )
         await asyncio.to_thread(warm_up, loaded, settings.max_batch_size)
+        await asyncio.get_running_loop().run_in_executor(state.decoder, warm_up_decoder)
         await state.engine.start()
         state.ready = True
         metrics.ready.set(1)

@@ -101,3 +101,8 @@ def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
     if not ok:
         raise ValueError("JPEG encoding failed")
     return encoded.tobytes()
+
+
+def warm_up_decoder():
+    """Decodes one small JPEG so that the first upload does not pay for codec start-up."""
+    decode_image(encode_jpeg(np.zeros((64, 64, 3), np.uint8)), 64 * 64)

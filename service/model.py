@@ -27,9 +27,9 @@ def load_detector(settings: Settings):
     Raises:
         ssdlite.CheckpointError, ValueError, OSError: the model cannot be loaded; the message says why.
     """
-    from ssdlite.detect import load_detector as load
-
     import torch
+
+    from ssdlite.detect import load_detector as load
 
     backend, device = resolve_backend(settings)
     if backend == "onnxruntime":

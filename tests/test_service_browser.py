@@ -47,6 +47,9 @@ def browser(tmp_path):
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
         "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--disable-default-apps", "--disable-extensions", "--window-size=1100,1000",
+        "--disable-domain-reliability", "--disable-client-side-phishing-detection", "--no-pings",
+        "--metrics-recording-only", "--disable-features=Translate,MediaRouter,OptimizationHints",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # loopback only
         f"--user-data-dir={tmp_path / 'profile'}",
         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={clip}",
