@@ -99,16 +99,16 @@ async def read_images(request: Request, field: str, many: bool) -> list[tuple[st
         if many:
             raise HTTPException(415, f"send the images as multipart/form-data file parts named '{field}'")
         return [(None, await request.body())]
-    form = await request.form(max_files=request.app.state.settings.max_files, max_fields=100)
     names = (field, "file") if many else (field,)
-    uploads = [value for key, value in form.multi_items() if key in names and isinstance(value, UploadFile)]
-    if not uploads:
-        plain = [key for key, value in form.multi_items() if key in names]
-        problem = "is a text field, not a file" if plain else "is missing"
-        raise HTTPException(422, f"multipart field '{field}' {problem}; upload the image as a file part")
-    if not many and len(uploads) > 1:
-        raise HTTPException(422, f"one image per request in '{field}'; use /detect/batch for several")
-    return [(upload.filename, await upload.read()) for upload in uploads]
+    async with request.form(max_files=request.app.state.settings.max_files, max_fields=100) as form:
+        uploads = [value for key, value in form.multi_items() if key in names and isinstance(value, UploadFile)]
+        if not uploads:
+            plain = [key for key, value in form.multi_items() if key in names]
+            problem = "is a text field, not a file" if plain else "is missing"
+            raise HTTPException(422, f"multipart field '{field}' {problem}; upload the image as a file part")
+        if not many and len(uploads) > 1:
+            raise HTTPException(422, f"one image per request in '{field}'; use /detect/batch for several")
+        return [(upload.filename, await upload.read()) for upload in uploads]
 
 
 def render_response(image, detections, quality: int) -> Response:

@@ -315,3 +315,11 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("SSDLITE_QUEUE_SIZE", "zero")
     with pytest.raises(ValueError, match="queue_size"):
         Settings()
+
+
+def test_batch_refuses_more_files_than_allowed():
+    with TestClient(create_app(Settings(max_files=2), detector=scripted_detector())) as client:
+        files = [("files", (f"{i}.jpg", image(32, 32), "image/jpeg")) for i in range(3)]
+        response = client.post("/detect/batch", files=files)
+        assert 400 <= response.status_code < 500 and "files" in response.json()["detail"].lower()
+        assert client.post("/detect/batch", files=files[:2]).status_code == 200
