@@ -3,7 +3,8 @@
 Like Triton's dynamic batcher, the worker takes whatever is queued (up to ``max_batch_size``)
 the moment it is free, so an idle server never waits; ``max_wait_ms`` optionally holds a
 non-full batch open a little longer. A full queue refuses new work at once (HTTP 503) rather
-than letting latency grow without bound.
+than letting latency grow without bound. With ``max_batch_size=1`` (the CPU default, see
+``settings.py``) this is simply a bounded queue in front of one inference thread.
 """
 
 import asyncio
@@ -63,7 +64,7 @@ class InferenceEngine:
         self,
         predict_batch: Callable[..., list[list[dict]]],
         *,
-        max_batch_size: int = 4,
+        max_batch_size: int = 1,
         queue_size: int = 32,
         max_wait_ms: float = 0.0,
         on_batch: Callable[[int, float], None] | None = None,
