@@ -1,6 +1,7 @@
-"""``python -m service [--host H] [--port P] [--model NAME|PATH]``: serve detection with uvicorn.
+"""Serve SSDLite detection over HTTP and WebSocket with uvicorn.
 
-Every option defaults to its ``SSDLITE_*`` environment variable (see ``service/settings.py``).
+``python -m service [--host H] [--port P] [--model NAME|PATH]``; every option defaults to its
+``SSDLITE_*`` environment variable (see ``service/settings.py``), as do the other settings.
 """
 
 import argparse
@@ -9,7 +10,11 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m service",
+        description=__doc__.splitlines()[0],
+        epilog="More settings (limits, queue, batching, thresholds): SSDLITE_* variables, see service/settings.py.",
+    )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--model", help="model-zoo name or checkpoint/.onnx path (default tf-pedestrian)")
