@@ -51,7 +51,7 @@ class ModelInfo(BaseModel):
 
 
 class Problem(BaseModel):
-    detail: str
+    detail: str | list[dict] = Field(description="what was wrong (a list of field errors for malformed parameters)")
 
 
 class Health(BaseModel):
