@@ -186,6 +186,8 @@ def test_not_ready_without_lifespan():
     client = TestClient(create_app(Settings(), detector=scripted_detector()))  # no `with`: no lifespan
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").status_code == 503
+    loading = client.post("/detect", content=photo())
+    assert loading.status_code == 503 and loading.headers["retry-after"] == "5"
 
 
 def test_operations_endpoints(client):
