@@ -79,6 +79,7 @@ class InferenceEngine:
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._in_flight: list[_Request] = []
 
     @property
     def running(self) -> bool:
@@ -94,17 +95,21 @@ class InferenceEngine:
         self._worker = asyncio.create_task(self._run(), name="inference-worker")
 
     async def stop(self):
+        """Stops the worker; requests still queued or in inference fail with EngineStoppedError."""
         if self._worker:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        waiting = list(self._in_flight)
         while self._queue and not self._queue.empty():
-            request = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait())
+        for request in waiting:
             if not request.future.done():
                 request.future.set_exception(EngineStoppedError("the server is shutting down"))
         if self._executor:
             self._executor.shutdown(wait=True)
         self._worker = self._executor = None
+        self._in_flight = []
 
     async def detect(self, image: np.ndarray, options: DetectOptions) -> Result:
         """Queues one image and waits for its detections.
@@ -124,32 +129,24 @@ class InferenceEngine:
         return await request.future
 
     async def _run(self):
-        batch: list[_Request] = []
-        try:
-            await self._serve(batch)
-        except asyncio.CancelledError:
-            for request in batch:  # the batch in inference when the engine stopped
-                if not request.future.done():
-                    request.future.set_exception(EngineStoppedError("the server is shutting down"))
-            raise
-
-    async def _serve(self, batch: list[_Request]):
         loop = asyncio.get_running_loop()
         while True:
-            batch[:] = await self._collect()
+            batch = await self._collect()
             self._on_queue_depth(self._queue.qsize())
             # A client that went away cancelled its future: skip its image.
-            batch[:] = [request for request in batch if not request.future.done()]
+            self._in_flight = batch = [request for request in batch if not request.future.done()]
             if not batch:
                 continue
             started = time.perf_counter()
             try:
                 outputs = await loop.run_in_executor(self._executor, self._infer, batch)
             except Exception as error:  # noqa: BLE001 - reported to each waiting request
+                self._in_flight = []
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(error)
                 continue
+            self._in_flight = []  # (left set when stop() cancels us here: it fails them)
             elapsed = time.perf_counter() - started
             self._on_batch(len(batch), elapsed)
             for request, detections in zip(batch, outputs, strict=True):
