@@ -5,6 +5,12 @@ import torch
 from ssdlite import build_model
 
 
+def pytest_configure(config):
+    # Tests check behaviour, not speed: one intra-op thread avoids OpenMP oversubscription,
+    # which made a training loop 10x slower whenever a served subprocess shared the 2 cores.
+    torch.set_num_threads(1)
+
+
 def randomize_batchnorm(model: torch.nn.Module, seed: int = 0):
     """Gives BatchNorm layers non-trivial statistics so outputs look like a trained model's."""
     generator = torch.Generator().manual_seed(seed)
