@@ -164,7 +164,7 @@ def test_pixel_limit_is_checked_before_decoding():
 
 def test_full_queue_answers_503_with_retry_after():
     settings = Settings(queue_size=1, max_batch_size=1)
-    with TestClient(create_app(settings, detector=scripted_detector(delay=0.3))) as client:
+    with TestClient(create_app(settings, detector=scripted_detector(delay=0.5))) as client:
         responses = []
 
         def post():
@@ -247,7 +247,7 @@ def test_websocket_rejects_bad_parameters(client):
 
 
 def test_websocket_drops_stale_frames_when_inference_is_slower():
-    with TestClient(create_app(Settings(), detector=scripted_detector(delay=0.1))) as client:
+    with TestClient(create_app(Settings(), detector=scripted_detector(delay=0.2))) as client:
         with client.websocket_connect("/ws") as ws:
             for _ in range(10):
                 ws.send_bytes(image(64, 64))

@@ -39,12 +39,12 @@ def test_idle_engine_does_not_wait_for_a_batch():
 
 
 def test_requests_queued_while_busy_are_batched_up_to_the_limit():
-    detector = scripted_detector(delay=0.1)
+    detector = scripted_detector(delay=0.2)
 
     async def main():
         engine = await started(detector, max_batch_size=4)
         first = asyncio.ensure_future(engine.detect(IMAGE, OPTIONS))
-        await asyncio.sleep(0.03)  # the first image is in inference; the next six queue up behind it
+        await asyncio.sleep(0.05)  # the first image is in inference; the next six queue up behind it
         rest = [asyncio.ensure_future(engine.detect(IMAGE, OPTIONS)) for _ in range(6)]
         results = await asyncio.gather(first, *rest)
         await engine.stop()
