@@ -3,8 +3,8 @@
 Like Triton's dynamic batcher, the worker takes whatever is queued (up to ``max_batch_size``)
 the moment it is free, so an idle server never waits; ``max_wait_ms`` optionally holds a
 non-full batch open a little longer. A full queue refuses new work at once (HTTP 503) rather
-than letting latency grow without bound. With ``max_batch_size=1`` (the CPU default, see
-``settings.py``) this is simply a bounded queue in front of one inference thread.
+than letting latency grow without bound. With ``max_batch_size=1`` this is simply a bounded
+queue in front of one inference thread (``settings.py`` says what batching gained here).
 """
 
 import asyncio

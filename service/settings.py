@@ -24,10 +24,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="largest image in pixels, checked before decoding (413)")
     max_files: int = Field(32, ge=1, description="most images in one /detect/batch request")
     queue_size: int = Field(32, ge=1, description="images waiting for inference before new ones get 503")
-    # 1 on the CPU: on 2 shared cores, batches of 4 in ONNX Runtime were 13% faster per image
-    # on a quiet machine and 12% slower on a busy one (measured in-process and with
-    # `python -m bench.service --batch-sizes 1,4`); on a GPU, raise it.
-    max_batch_size: int = Field(1, ge=1, description="most images in one inference call (try 8-32 on a GPU)")
+    # Measured with `python -m bench.service --batch-sizes 1,4,1,4` on 2 cores: batches of 4 served
+    # 54 req/s against 44-47 one at a time on a quiet machine (load generator included), but 31-32
+    # against 33-35 while another job kept them busy (ONNX Runtime's batch waits on preempted threads).
+    max_batch_size: int = Field(4, ge=1, description="most images in one inference call (1: no batching)")
     max_wait_ms: float = Field(0.0, ge=0, description="how long a non-full batch waits for more images")
 
     score_threshold: float = Field(0.5, ge=0, le=1, description="default minimum score")
