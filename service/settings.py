@@ -25,8 +25,8 @@ class Settings(BaseSettings):
     max_files: int = Field(32, ge=1, description="most images in one /detect/batch request")
     queue_size: int = Field(32, ge=1, description="images waiting for inference before new ones get 503")
     # Measured with `python -m bench.service --batch-sizes 1,4,1,4` on 2 cores: batches of 4 served
-    # 54 req/s against 44-47 one at a time on a quiet machine (load generator included), but 31-32
-    # against 33-35 while another job kept them busy (ONNX Runtime's batch waits on preempted threads).
+    # 54 req/s against 44-47 one at a time on a quiet machine (load generator included), but 30-32
+    # against 32-35 while another job kept them busy (ONNX Runtime's batch waits on preempted threads).
     max_batch_size: int = Field(4, ge=1, description="most images in one inference call (1: no batching)")
     max_wait_ms: float = Field(0.0, ge=0, description="how long a non-full batch waits for more images")
 
