@@ -5,7 +5,7 @@ train on the same batches (same sampler and augmentation seeds, ``light`` augmen
 same number of steps with the same optimiser and schedule (AdamW, warm-up + cosine, no EMA),
 then both are scored with COCOeval on the embedded validation split.
 
-* ours: the trainer's embedded recipe model (``ssdlite320_mobilenet_v2``, width 0.5, 160 px);
+* ours: the trainer's embedded-recipe model (``ssdlite320_mobilenet_v2``, width 0.5, 160 px);
 * torchvision: ``ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)`` trained
   through ``model(images, targets)``; its transform resizes to ``--tv-size`` (default: the same
   160 px input as ours; ``--tv-size 320`` for its native size, about 4x the compute).
@@ -41,9 +41,14 @@ def batches(dataset: CocoDetection, batch_size: int, workers: int, seed: int):
     """Endless shuffled batches, epoch after epoch, identical for every call with the same seed."""
     generator = torch.Generator()
     loader = DataLoader(
-        dataset, batch_size, sampler=RandomSampler(dataset, generator=generator), drop_last=True,
-        num_workers=workers, collate_fn=collate, worker_init_fn=worker_init,
-    )  # fmt: skip
+        dataset,
+        batch_size,
+        sampler=RandomSampler(dataset, generator=generator),
+        drop_last=True,
+        num_workers=workers,
+        collate_fn=collate,
+        worker_init_fn=worker_init,
+    )
     for epoch in itertools.count():
         generator.manual_seed(seed * 1000 + epoch)
         dataset.set_epoch(epoch)
@@ -53,8 +58,12 @@ def batches(dataset: CocoDetection, batch_size: int, workers: int, seed: int):
 def train_ours(dataset, val_set, args, num_classes):
     recipe = RECIPES["embedded"]
     torch.manual_seed(args.seed)
-    model = build_model(recipe["model"], num_classes=num_classes, image_size=args.image_size,
-                        width_mult=recipe["width_mult"])  # fmt: skip
+    model = build_model(
+        recipe["model"],
+        num_classes=num_classes,
+        image_size=args.image_size,
+        width_mult=recipe["width_mult"],
+    )
     criterion = SSDLoss(model.anchors, model.config.box_weights)
     optimizer = torch.optim.AdamW(param_groups(model, recipe["weight_decay"]), lr=args.lr)
 

@@ -20,8 +20,19 @@ from train.synthetic import CLASSES
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 6
 DATA = ["--synthetic-train", "48", "--synthetic-val", "16"]
-SETTINGS = ["--image-size", "96", "--width-mult", "0.35", "--batch-size", "8", "--workers", "0", "--no-progress",
-            "--eval-every", "2"]  # fmt: skip
+SETTINGS = [
+    "--image-size",
+    "96",
+    "--width-mult",
+    "0.35",
+    "--batch-size",
+    "8",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--eval-every",
+    "2",
+]
 TINY = [*DATA, *SETTINGS, "--epochs", str(EPOCHS)]
 
 
@@ -80,8 +91,11 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(reference_run, en
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "train.coco", *TINY, "--output-dir", str(run_dir)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         done = wait_for_epochs(run_dir, process, 2)
         process.kill()  # SIGKILL: nothing gets saved on the way out
@@ -106,8 +120,12 @@ def test_sigint_saves_mid_run_and_resume_finishes(env, tmp_path):
     run_dir = tmp_path / "interrupted"
     process = subprocess.Popen(
         [sys.executable, "-m", "train.coco", *TINY, "--output-dir", str(run_dir)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_for_epochs(run_dir, process, 1)
         time.sleep(0.3)

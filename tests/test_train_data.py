@@ -117,8 +117,11 @@ def test_category_ids_map_to_contiguous_labels_and_back(tmp_path):
     # Results JSON carries the original ids; perfect detections score AP 1.
     evaluator = CocoEvaluator(dataset.coco, {i + 1: c for i, c in enumerate(categories.category_ids)})
     boxes = torch.tensor([[5, 5, 15, 15]] * 3, dtype=torch.float32) / torch.tensor([60, 40, 60, 40])
-    evaluator.update(torch.tensor([1]), torch.tensor([[40, 60]]),
-                     [Detections(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([1, 2, 3]))])  # fmt: skip
+    evaluator.update(
+        torch.tensor([1]),
+        torch.tensor([[40, 60]]),
+        [Detections(boxes, torch.tensor([0.9, 0.8, 0.7]), torch.tensor([1, 2, 3]))],
+    )
     assert sorted(r["category_id"] for r in evaluator.results) == [3, 7, 90]
     assert evaluator.results[0]["bbox"] == [5.0, 5.0, 10.0, 10.0]
     result = evaluator.summarize()
@@ -174,8 +177,13 @@ def test_image_formats_and_exif_orientation(tmp_path):
     exif[0x0112] = 6  # display rotated 90 degrees clockwise: 40 wide, 60 high
     rotated.save(tmp_path / "images" / "exif_display.jpg", exif=exif)
     rotated.save(tmp_path / "images" / "exif_raw.jpg", exif=exif)
-    entries = [("gray.png", 60, 40), ("cmyk.jpg", 60, 40), ("rgba.png", 60, 40),
-               ("exif_display.jpg", 40, 60), ("exif_raw.jpg", 60, 40)]  # fmt: skip
+    entries = [
+        ("gray.png", 60, 40),
+        ("cmyk.jpg", 60, 40),
+        ("rgba.png", 60, 40),
+        ("exif_display.jpg", 40, 60),
+        ("exif_raw.jpg", 60, 40),
+    ]
     images = [{"id": i, "file_name": f, "width": w, "height": h} for i, (f, w, h) in enumerate(entries, start=1)]
     anns = [{"id": i, "image_id": i, "category_id": 3, "bbox": [0, 0, 10, 20], "iscrowd": 0} for i in range(1, 6)]
     (tmp_path / "ann.json").write_text(json.dumps({"images": images, "annotations": anns, "categories": CATEGORIES}))
@@ -192,16 +200,31 @@ def test_image_formats_and_exif_orientation(tmp_path):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "annotation file not found"), ("{not json", "not a readable JSON"), ('{"images": []}', "no 'categories'"),
-     ('{"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}]}', "images[0] lacks file_name")],
-)  # fmt: skip
+    [
+        (None, "annotation file not found"),
+        ("{not json", "not a readable JSON"),
+        ('{"images": []}', "no 'categories'"),
+        ('{"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}]}', "images[0] lacks file_name"),
+    ],
+)
 def test_bad_annotation_files_give_one_clear_cli_message(tmp_path, capsys, content, message):
     ann = tmp_path / "instances.json"
     if content is not None:
         ann.write_text(content)
     (tmp_path / "images").mkdir()
-    code = train_coco.main(["--eval-only", "--weights", "x.pt", "--val-ann", str(ann), "--val-images",
-                            str(tmp_path / "images"), "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    code = train_coco.main(
+        [
+            "--eval-only",
+            "--weights",
+            "x.pt",
+            "--val-ann",
+            str(ann),
+            "--val-images",
+            str(tmp_path / "images"),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("error: ") and str(ann) in err and message in err
@@ -287,9 +310,13 @@ def test_init_by_zoo_name_uses_ssdlite_zoo_fetch(tmp_path, monkeypatch):
 
 
 def test_detections_are_scaled_to_each_original_image():
-    gt = {"images": [{"id": 1, "width": 200, "height": 100, "file_name": "x"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 100, 50], "area": 5000,
-                           "iscrowd": 0}], "categories": [{"id": 1, "name": "a"}]}  # fmt: skip
+    gt = {
+        "images": [{"id": 1, "width": 200, "height": 100, "file_name": "x"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [20, 10, 100, 50], "area": 5000, "iscrowd": 0}
+        ],
+        "categories": [{"id": 1, "name": "a"}],
+    }
     from pycocotools.coco import COCO
 
     coco = COCO()

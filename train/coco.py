@@ -41,20 +41,22 @@ RECIPES = {
         "model": "ssdlite320_mobilenet_v2",
         "image_size": 160,
         "width_mult": 0.5,
-        "epochs": 40,
+        "min_scale": None,
+        "epochs": 11,
         "batch_size": 32,
         "optimizer": "adamw",
-        "base_lr": 0.016,
+        "base_lr": 0.032,
         "weight_decay": 0.05,
         "warmup_epochs": 2,
         "augment": "light",
         "ema_decay": 0.999,
-        "eval_every": 5,
+        "eval_every": 2,
     },
     "coco": {
         "model": "ssdlite320_mobilenet_v2",
         "image_size": None,
         "width_mult": None,
+        "min_scale": None,
         "epochs": 600,
         "batch_size": 32,
         "optimizer": "sgd",
@@ -99,6 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", help="preset name, e.g. ssdlite320_mobilenet_v2")
     model.add_argument("--image-size", type=int, help="input size (square)")
     model.add_argument("--width-mult", type=float, help="backbone width multiplier")
+    model.add_argument("--min-scale", type=float, help="anchor scale of the first feature map (preset: 0.2)")
     model.add_argument(
         "--init",
         help="start from these weights: a model-zoo name (e.g. tf-pedestrian) or a checkpoint "
@@ -127,11 +130,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     train.add_argument("--box-loss", choices=("smooth_l1", "giou"), default="smooth_l1")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument(
-        "--workers", type=int, help="DataLoader workers per process (default: cores per process - 1, at most 8)"
+        "--workers",
+        type=int,
+        help="DataLoader workers per process (default: cores per process - 1, at most 8; 0 with 2 cores or fewer)",
     )
     train.add_argument("--device", default="auto", help="auto, cpu or cuda")
     train.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (auto: on CUDA)")
-    train.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto", help="auto: on CUDA")
+    train.add_argument(
+        "--channels-last",
+        choices=("on", "off"),
+        default="on",
+        help="channels-last memory format (faster on CPU and GPU)",
+    )
     train.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm under DDP (CUDA only)")
     train.add_argument("--eval-every", type=int, help="evaluate every N epochs (and after the last)")
 
@@ -226,7 +236,10 @@ def apply_recipe(args, recipe_name: str):
 
 
 def default_workers(world_size: int) -> int:
-    return max(0, min(8, (os.cpu_count() or 1) // world_size - 1))
+    # With two cores or fewer per process a worker only competes with torch's compute threads
+    # (measured on 2 cores: 0 workers 74 img/s, 1 worker 71 img/s).
+    cores = (os.cpu_count() or 1) // world_size
+    return 0 if cores <= 2 else min(8, cores - 1)
 
 
 def build_loaders(args, train_set, val_set, dist_info, device):
@@ -340,7 +353,7 @@ def amp_and_layout(args, device: torch.device) -> tuple[torch.dtype | None, bool
         amp = torch.bfloat16
     else:
         amp = torch.bfloat16 if args.amp != "off" and device.type == "cuda" else None
-    channels_last = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
+    channels_last = args.channels_last == "on"
     return amp, channels_last
 
 
@@ -383,7 +396,7 @@ def run_eval_only(args, dist_info, device, data_paths) -> EvalResult:
         _warn_skipped(skipped)
         print(
             f"evaluated {args.weights} on {len(val_set)} images in {seconds:.1f} s "
-            f"({len(val_set) / seconds:.1f} img/s including COCOeval's data preparation)\n"
+            f"({len(val_set) / seconds:.1f} img/s: decode, resize, forward, postprocess)\n"
         )
         print(result.format())
         with open(output_dir / "detections.json", "w") as f:
@@ -438,7 +451,7 @@ def train(args, dist_info, device, data_paths) -> dict:
     if resume:  # the architecture as trained (an --init checkpoint need not exist any more)
         model, reinitialised = SSDLite(SSDLiteConfig.from_dict(resume["config"])), []
     elif args.init:
-        conflicting = {"model", "width_mult"} & args.explicit
+        conflicting = {"model", "width_mult", "min_scale"} & args.explicit
         if conflicting:
             flags = "/".join(f"--{name.replace('_', '-')}" for name in sorted(conflicting))
             raise UsageError(f"--init takes the architecture from its checkpoint; drop {flags}")
@@ -446,7 +459,8 @@ def train(args, dist_info, device, data_paths) -> dict:
         model, reinitialised = model_from_init(args.init, class_names, image_size)
         log(f"initialised from {args.init}; re-initialised: {', '.join(reinitialised) or 'nothing (same classes)'}")
     else:
-        overrides = {k: getattr(args, k) for k in ("image_size", "width_mult") if getattr(args, k) is not None}
+        names = ("image_size", "width_mult", "min_scale")
+        overrides = {k: getattr(args, k) for k in names if getattr(args, k) is not None}
         model = build_model(args.model, num_classes=categories.num_classes, **overrides)
         reinitialised = ["class_head"]
     config = model.config
@@ -513,6 +527,7 @@ def train(args, dist_info, device, data_paths) -> dict:
     log(val_set.stats.summary(f"val ({data_paths['val_ann']})"))
     log(
         f"model {args.model if not args.init else args.init}: image {config.image_size}, width {config.width_mult}, "
+        f"anchor scales {config.min_scale:g}-{config.max_scale:g}, "
         f"{len(class_names)} classes, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
         f"{model.anchors.shape[0]} anchors, {classification} loss"
     )

@@ -13,6 +13,7 @@ and parameters, so a change to either writes a new one.
 
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -36,7 +37,7 @@ SUBPIXEL_BITS = 4
 class SyntheticSpec:
     """Parameters of the generated dataset (part of its cache directory name)."""
 
-    num_train: int = 800
+    num_train: int = 4000
     num_val: int = 200
     min_side: int = 160
     max_side: int = 256
@@ -110,20 +111,21 @@ def ensure_dataset(spec: SyntheticSpec = SyntheticSpec(), cache_dir: str | os.Pa
 def write_split(spec: SyntheticSpec, split: str, count: int, annotation_file: Path, image_dir: Path):
     image_dir.mkdir(parents=True, exist_ok=True)
     annotation_file.parent.mkdir(parents=True, exist_ok=True)
-    split_seed = {"train": 1, "val": 2}[split]
+    jobs = [(spec, split, index, image_dir) for index in range(count)]
+    processes = min(os.cpu_count() or 1, 8)
+    if processes > 1 and count >= 64:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            rendered = pool.map(_write_image, jobs, chunksize=16)
+    else:
+        rendered = [_write_image(job) for job in jobs]
     images, annotations = [], []
-    for index in range(count):
-        rng = np.random.default_rng((spec.seed, split_seed, index))
-        image, objects = render_image(rng, spec)
-        image_id = index + 1
-        file_name = f"{image_id:06d}.jpg"
-        cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-        images.append({"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]})
+    for image, objects in rendered:
+        images.append(image)
         for label, (x, y, w, h), area in objects:
             annotations.append(
                 {
                     "id": len(annotations) + 1,
-                    "image_id": image_id,
+                    "image_id": image["id"],
                     "category_id": label,
                     "bbox": [x, y, w, h],
                     "area": area,
@@ -134,6 +136,16 @@ def write_split(spec: SyntheticSpec, split: str, count: int, annotation_file: Pa
     info = {"description": f"ssdlite embedded shapes dataset ({spec.name}, {split})", "version": GENERATOR_VERSION}
     with open(annotation_file, "w") as f:
         json.dump({"info": info, "images": images, "annotations": annotations, "categories": categories}, f)
+
+
+def _write_image(job: tuple[SyntheticSpec, str, int, Path]) -> tuple[dict, list]:
+    spec, split, index, image_dir = job
+    rng = np.random.default_rng((spec.seed, {"train": 1, "val": 2}[split], index))
+    image, objects = render_image(rng, spec)
+    image_id = index + 1
+    file_name = f"{image_id:06d}.jpg"
+    cv2.imwrite(str(image_dir / file_name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return {"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]}, objects
 
 
 def render_image(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarray, list]:
