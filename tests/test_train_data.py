@@ -2,7 +2,6 @@
 
 import json
 import sys
-import types
 
 import albumentations as A
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssdlite import build_model, save_checkpoint
+from ssdlite import build_model, load_checkpoint, save_checkpoint
 from ssdlite.postprocess import Detections
 from train import coco as train_coco
 from train.data import CategoryMap, CocoDetection, collate
@@ -289,23 +288,15 @@ def test_init_loads_backbone_extras_and_box_head_and_resets_class_predictors(tmp
     assert all(torch.equal(v, theirs[k]) for k, v in same.state_dict().items())
 
 
-def test_init_by_zoo_name_uses_ssdlite_zoo_fetch(tmp_path, monkeypatch):
-    _tf_style_checkpoint(tmp_path / "fetched.pt", ["person"])
-    fetched = []
-    fake_zoo = types.ModuleType("ssdlite.zoo")
+def test_init_by_zoo_name_fine_tunes_the_converted_person_detector(person_checkpoint):
+    person = load_checkpoint(person_checkpoint)[0].state_dict()
+    model, reinitialised = train_coco.model_from_init("tf-pedestrian", ["cat", "dog"], None)
+    assert model.config.num_classes == 3 and model.config.anchor_style == "tf" and model.config.image_size == 300
+    assert all(torch.equal(v, person[k]) for k, v in model.state_dict().items() if k not in reinitialised)
 
-    def fetch(name):
-        fetched.append(name)
-        if name != "tf-pedestrian":
-            raise KeyError(f"unknown model {name!r}")
-        return tmp_path / "fetched.pt"
-
-    fake_zoo.fetch = fetch
-    monkeypatch.setitem(sys.modules, "ssdlite.zoo", fake_zoo)
-    monkeypatch.setattr("ssdlite.zoo", fake_zoo, raising=False)
-    model, _ = train_coco.model_from_init("tf-pedestrian", ["a", "b"], None)
-    assert fetched == ["tf-pedestrian"] and model.config.num_classes == 3
-    with pytest.raises(train_coco.UsageError, match="could not provide it"):
+    kept, reinitialised = train_coco.model_from_init("tf-pedestrian", ["person"], None)
+    assert reinitialised == [] and all(torch.equal(v, person[k]) for k, v in kept.state_dict().items())
+    with pytest.raises(train_coco.UsageError, match="model zoo could not provide it.*unknown model"):
         train_coco.model_from_init("no-such-model", ["a"], None)
 
 

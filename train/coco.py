@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ssdlite import SSDLite, SSDLiteConfig, build_model, load_checkpoint, save_checkpoint
+from ssdlite import SSDLite, SSDLiteConfig, build_model, load_checkpoint, save_checkpoint, zoo
 from ssdlite.checkpoint import CheckpointError, read_checkpoint
 from ssdlite.loss import SSDLoss
 
@@ -220,7 +220,7 @@ def resolve_data(args, dist_info: distributed.DistInfo) -> tuple[dict[str, str |
         return pairs, "coco"
     spec = SyntheticSpec(num_train=args.synthetic_train, num_val=args.synthetic_val)
     if dist_info.local_rank == 0:
-        paths = ensure_dataset(spec, args.data_cache)
+        paths = ensure_dataset(spec, args.data_cache, progress=not args.no_progress)
     distributed.barrier()
     paths = ensure_dataset(spec, args.data_cache)
     return {k: str(getattr(paths, k)) for k in pairs}, "embedded"
@@ -284,10 +284,6 @@ def model_from_init(init: str, class_names: list[str], image_size: int | None) -
     """
     path = Path(init)
     if not path.exists():
-        try:
-            from ssdlite import zoo
-        except ImportError:
-            raise UsageError(f"--init {init}: no such checkpoint file, and no model zoo is installed") from None
         try:
             path = zoo.fetch(init)
         except Exception as error:  # the zoo's own message says what went wrong

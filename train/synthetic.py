@@ -17,11 +17,13 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 GENERATOR_VERSION = 1
 CLASSES = ("disc", "square", "triangle", "star", "ring", "cross")
@@ -79,7 +81,9 @@ def dataset_paths(root: Path) -> SyntheticPaths:
     )
 
 
-def ensure_dataset(spec: SyntheticSpec = SyntheticSpec(), cache_dir: str | os.PathLike | None = None) -> SyntheticPaths:
+def ensure_dataset(
+    spec: SyntheticSpec = SyntheticSpec(), cache_dir: str | os.PathLike | None = None, progress: bool = False
+) -> SyntheticPaths:
     """Returns the paths of the generated dataset, generating it first if it is not cached.
 
     Generation writes into a temporary directory that is renamed into place at the end, so an
@@ -97,7 +101,7 @@ def ensure_dataset(spec: SyntheticSpec = SyntheticSpec(), cache_dir: str | os.Pa
             ("train", spec.num_train, tmp_paths.train_ann, tmp_paths.train_images),
             ("val", spec.num_val, tmp_paths.val_ann, tmp_paths.val_images),
         ):
-            write_split(spec, split, count, ann, images)
+            write_split(spec, split, count, ann, images, progress)
         try:
             tmp.rename(root)
         except OSError:  # another process finished first
@@ -108,16 +112,22 @@ def ensure_dataset(spec: SyntheticSpec = SyntheticSpec(), cache_dir: str | os.Pa
     return paths
 
 
-def write_split(spec: SyntheticSpec, split: str, count: int, annotation_file: Path, image_dir: Path):
+def write_split(
+    spec: SyntheticSpec, split: str, count: int, annotation_file: Path, image_dir: Path, progress: bool = False
+):
     image_dir.mkdir(parents=True, exist_ok=True)
     annotation_file.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(spec, split, index, image_dir) for index in range(count)]
+    bar = tqdm(total=count, desc=f"generating embedded {split} set", unit="img", disable=not progress, leave=False)
     processes = min(os.cpu_count() or 1, 8)
-    if processes > 1 and count >= 64:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
-            rendered = pool.map(_write_image, jobs, chunksize=16)
-    else:
-        rendered = [_write_image(job) for job in jobs]
+    rendered = []
+    with (
+        bar,
+        multiprocessing.get_context("fork").Pool(processes) if processes > 1 and count >= 64 else nullcontext() as pool,
+    ):
+        for result in pool.imap(_write_image, jobs, chunksize=16) if pool else map(_write_image, jobs):
+            rendered.append(result)
+            bar.update()
     images, annotations = [], []
     for image, objects in rendered:
         images.append(image)
