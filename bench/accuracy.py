@@ -5,13 +5,15 @@ train on the same batches (same sampler and augmentation seeds, ``light`` augmen
 same number of steps with the same optimiser and schedule (AdamW, warm-up + cosine, no EMA),
 then both are scored with COCOeval on the embedded validation split.
 
-* ours: the trainer's embedded-recipe model (``ssdlite320_mobilenet_v2``, width 0.5, 160 px);
+* ours: ``--model`` (default ``ssdlite320_mobilenet_v2`` at full width; ``--width-mult 0.5`` is
+  the trainer's embedded recipe) at the embedded recipe's 160 px input;
 * torchvision: ``ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)`` trained
   through ``model(images, targets)``; its transform resizes to ``--tv-size`` (default: the same
   160 px input as ours; ``--tv-size 320`` for its native size, about 4x the compute).
 
-The default budget (300 steps of 16 images, about 6 epochs) takes a few minutes on a 2-core CPU;
-it compares learning speed at equal steps, not final accuracy (``--steps`` for more).
+The default budget (300 steps of 16 images, 1.2 epochs of the embedded set) takes about four
+minutes on a 2-core CPU; it compares learning speed at equal steps, not final accuracy
+(``--steps`` for more).
 """
 
 import argparse
@@ -56,16 +58,10 @@ def batches(dataset: CocoDetection, batch_size: int, workers: int, seed: int):
 
 
 def train_ours(dataset, val_set, args, num_classes):
-    recipe = RECIPES["embedded"]
     torch.manual_seed(args.seed)
-    model = build_model(
-        recipe["model"],
-        num_classes=num_classes,
-        image_size=args.image_size,
-        width_mult=recipe["width_mult"],
-    )
+    model = build_model(args.model, num_classes=num_classes, image_size=args.image_size, width_mult=args.width_mult)
     criterion = SSDLoss(model.anchors, model.config.box_weights)
-    optimizer = torch.optim.AdamW(param_groups(model, recipe["weight_decay"]), lr=args.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, RECIPES["embedded"]["weight_decay"]), lr=args.lr)
 
     def step(batch):
         box_regression, class_logits = model(batch.images.float())
@@ -135,6 +131,8 @@ def _label_map(dataset: CocoDetection) -> dict[int, int]:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.accuracy", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ssdlite320_mobilenet_v2", help="our preset")
+    parser.add_argument("--width-mult", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=RECIPES["embedded"]["base_lr"] * 16 / 256)
@@ -153,9 +151,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"{machine_description()}; {args.steps} steps x {args.batch_size} images "
         f"({args.steps * args.batch_size / len(dataset):.1f} epochs of {len(dataset)}), AdamW lr {args.lr:g}"
     )
-    results = {"machine": machine_description(), "steps": args.steps, "batch_size": args.batch_size}
+    results = {
+        "machine": machine_description(),
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "ours_model": f"{args.model} width {args.width_mult}",
+    }
     for name, fn in (("ours", train_ours), ("torchvision", train_torchvision)):
-        print(f"{name}:", flush=True)
+        described = results["ours_model"] if name == "ours" else "ssdlite320_mobilenet_v3_large"
+        print(f"{name} ({described}):", flush=True)
         result, seconds = fn(dataset, val_set, args, num_classes)
         results[name] = {"stats": result.stats, "train_seconds": seconds}
         print(f"{name}: val AP {result.map:.3f}, AP50 {result.stats['AP50']:.3f}, training {seconds:.0f} s", flush=True)

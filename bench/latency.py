@@ -16,14 +16,15 @@ import torchvision
 from ssdlite import PRESETS, Detector, build_model
 from ssdlite.export import OnnxRuntimeBackend, export_onnx
 
-from .common import machine_description, make_background_dominant, time_call
+from .common import count_parameters, machine_description, make_background_dominant, multiply_adds, time_call
 
 NUM_CLASSES = 91
 
 
 def our_model(name: str = "ssdlite320_mobilenet_v2"):
     model = build_model(name, num_classes=NUM_CLASSES).eval()
-    make_background_dominant([p[-1] for p in model.class_head.predictors], NUM_CLASSES)
+    sigmoid = model.config.score_function == "sigmoid"
+    make_background_dominant([p[-1] for p in model.class_head.predictors], NUM_CLASSES, sigmoid)
     return model
 
 
@@ -72,13 +73,20 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:45s} {r['p50']:8.1f} {r['p95']:8.1f} {r['speedup_vs_torchvision']:29.2f}x")
     if args.all_presets:
         print(f"\nevery preset on onnxruntime ({NUM_CLASSES} classes):")
+        print(f"{'preset':33s} {'input':>5s} {'params':>7s} {'MAdds':>6s} {'p50 ms':>8s} {'p95 ms':>8s}")
         for name in PRESETS:
             preset_model = our_model(name)
+            size = preset_model.config.image_size
             runtime = OnnxRuntimeBackend(export_onnx(preset_model, class_names), threads=args.threads)
             detector = Detector(runtime, preset_model.config, class_names)
             timing = time_call(lambda d=detector: d.predict(image), args.iterations)
+            timing["params"] = count_parameters(preset_model)
+            timing["multiply_adds"] = multiply_adds(preset_model, size)
             results[f"{name} (onnxruntime)"] = timing
-            print(f"{name:45s} {timing['p50']:8.1f} {timing['p95']:8.1f}")
+            print(
+                f"{name:33s} {size:5d} {timing['params'] / 1e6:6.2f}M {timing['multiply_adds'] / 1e9:5.2f}B "
+                f"{timing['p50']:8.1f} {timing['p95']:8.1f}"
+            )
     detections = {"ours": len(ours_onnx.predict(image)), "torchvision": len(run_torchvision()[0]["boxes"])}
     print(f"detections returned on the benchmark image: {detections}")
     if args.json:

@@ -40,9 +40,13 @@ def frame_jpeg(width: int = 640, height: int = 480) -> bytes:
 
 def multipart_request(path: str, port: int, jpeg: bytes) -> bytes:
     body = (
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"frame.jpg\"\r\n"
-        "Content-Type: image/jpeg\r\n\r\n"
-    ).encode() + jpeg + f"\r\n--{BOUNDARY}--\r\n".encode()
+        (
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="frame.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + jpeg
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -100,8 +104,14 @@ async def http_load(port: int, request: bytes, total: int, concurrency: int, tim
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
-    return {"requests": total, "seconds": elapsed, "req_per_s": total / elapsed, **percentiles(latencies),
-            "errors": sum(errors.values()), "error_kinds": errors}
+    return {
+        "requests": total,
+        "seconds": elapsed,
+        "req_per_s": total / elapsed,
+        **percentiles(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+    }
 
 
 async def websocket_stream(port: int, jpeg: bytes, frames: int) -> dict:
@@ -208,10 +218,19 @@ def baseline_app():
         with lock, torch.inference_mode():
             output = model([tensor])[0]
         keep = output["scores"] > 0.5
-        return {"width": image.shape[1], "height": image.shape[0], "detections": [
-            {"box": box, "score": score, "class_id": label}
-            for box, score, label in zip(output["boxes"][keep].tolist(), output["scores"][keep].tolist(),
-                                         output["labels"][keep].tolist(), strict=True)]}
+        return {
+            "width": image.shape[1],
+            "height": image.shape[0],
+            "detections": [
+                {"box": box, "score": score, "class_id": label}
+                for box, score, label in zip(
+                    output["boxes"][keep].tolist(),
+                    output["scores"][keep].tolist(),
+                    output["labels"][keep].tolist(),
+                    strict=True,
+                )
+            ],
+        }
 
     return app
 
@@ -246,8 +265,11 @@ def mean_batch_size(port: int) -> float:
 
 
 def print_row(name: str, r: dict, note: str = ""):
-    print(f"{name:58s} {r['req_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} {r['errors']:7d} "
-          f"{r['server_cpu_ms_per_request']:8.1f} {r['client_cpu_ms_per_request']:8.1f}{note}", flush=True)
+    print(
+        f"{name:58s} {r['req_per_s']:8.1f} {r['p50']:8.1f} {r['p95']:8.1f} {r['p99']:8.1f} {r['errors']:7d} "
+        f"{r['server_cpu_ms_per_request']:8.1f} {r['client_cpu_ms_per_request']:8.1f}{note}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -269,13 +291,20 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
 
     jpeg = frame_jpeg()
-    print(f"loopback, {args.concurrency} connections, {args.requests} multipart 640x480 JPEG uploads "
-          f"({len(jpeg) // 1024} KB) per run; {machine_description()}")
+    print(
+        f"loopback, {args.concurrency} connections, {args.requests} multipart 640x480 JPEG uploads "
+        f"({len(jpeg) // 1024} KB) per run; {machine_description()}"
+    )
     load = os.getloadavg()[0]
-    print(f"load average before the run: {load:.2f}" + ("  (the machine is busy: figures are pessimistic)"
-                                                       if load > 0.5 * (os.cpu_count() or 1) else ""))
-    print(f"{'server':58s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
-          f"{'srv CPU':>8s} {'gen CPU':>8s}  (CPU ms/request: server, load generator)", flush=True)
+    print(
+        f"load average before the run: {load:.2f}"
+        + ("  (the machine is busy: figures are pessimistic)" if load > 0.5 * (os.cpu_count() or 1) else "")
+    )
+    print(
+        f"{'server':58s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
+        f"{'srv CPU':>8s} {'gen CPU':>8s}  (CPU ms/request: server, load generator)",
+        flush=True,
+    )
     results: dict = {}
     env = {"SSDLITE_MODEL": args.model, "SSDLITE_ACCESS_LOG": "false", "SSDLITE_LOG_LEVEL": "warning"}
     if args.threads:
@@ -297,8 +326,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nWebSocket, one 640x480 JPEG frame in flight, {args.ws_frames} frames:")
     for name, r in results.items():
         if name.endswith("websocket"):
-            print(f"{name:68s} {r['fps']:6.1f} fps  p50 {r['p50']:5.1f} ms  p95 {r['p95']:5.1f} ms  "
-                  f"errors {r['errors']}")
+            print(
+                f"{name:68s} {r['fps']:6.1f} fps  p50 {r['p50']:5.1f} ms  p95 {r['p95']:5.1f} ms  errors {r['errors']}"
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

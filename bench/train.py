@@ -8,8 +8,8 @@
 * torchvision: ``ssdlite320_mobilenet_v3_large`` through its normal ``model(images, targets)``
   call (its resize/normalise transform, matching and loss included), backward, SGD step.
 
-On CUDA it runs batch sizes 64 and 256 in fp32 and bf16 autocast (ours channels_last, as the
-trainer uses it). It also measures the training data loader (embedded-set generator images at
+On CUDA it runs batch sizes 64 and 256 in fp32 and bf16 autocast. Ours runs channels_last, as
+the trainer does. It also measures the training data loader (embedded-set generator images at
 480-640 px, JPEG decode + SSD augmentation + resize to 320) with N workers, and batched
 evaluation throughput (640x480 uint8 images in, detections out, resize and postprocess included).
 CPU defaults are small (batch 8, a few steps) so the whole run takes a few minutes on 2 cores.
@@ -51,14 +51,11 @@ def synthetic_batch(batch_size: int, seed: int = 0):
 
 def ours_step_fn(batch, device, amp_dtype):
     model = build_model("ssdlite320_mobilenet_v2", num_classes=NUM_CLASSES).to(device).train()
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)  # as the trainer runs it
     criterion = SSDLoss(model.anchors)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, boxes, labels = batch
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    images = images.to(device).contiguous(memory_format=memory_format)
+    images = images.to(device).contiguous(memory_format=torch.channels_last)
     gt_boxes, gt_labels, gt_crowd = pad_targets(boxes, labels, device=device)
 
     def step():

@@ -40,8 +40,11 @@ class Conv2dSame(nn.Conv2d):
         # Python ints from the shape: exporters see constant pads for a fixed input size.
         pad_h = same_padding(int(x.shape[-2]), self.kernel_size[0], self.stride[0], self.dilation[0])
         pad_w = same_padding(int(x.shape[-1]), self.kernel_size[1], self.stride[1], self.dilation[1])
-        if any(pad_h + pad_w):
-            x = F.pad(x, (pad_w[0], pad_w[1], pad_h[0], pad_h[1]))
+        if pad_h[0] == pad_h[1] and pad_w[0] == pad_w[1]:
+            # The convolution's own padding: a separate pad op costs a copy of the input (about a
+            # third of the TF preset's ONNX Runtime time when every 3x3 conv had one).
+            return F.conv2d(x, self.weight, self.bias, self.stride, (pad_h[0], pad_w[0]), self.dilation, self.groups)
+        x = F.pad(x, (pad_w[0], pad_w[1], pad_h[0], pad_h[1]))
         return self._conv_forward(x, self.weight, self.bias)
 
 

@@ -1,19 +1,9 @@
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
+from bench.common import count_parameters, multiply_adds
 from ssdlite import PRESETS, SSDLiteConfig, build_model, get_config
 from ssdlite.anchors import feature_map_sizes, generate_anchors, num_anchors_per_location
-
-
-def count_parameters(model):
-    return sum(p.numel() for p in model.parameters())
-
-
-def multiply_adds(model, size):
-    with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, size, size))
-    return counter.get_total_flops() / 2
 
 
 def test_mobilenet_v2_ssdlite_matches_paper_size():

@@ -1,7 +1,6 @@
 """Training data: augmentation geometry, COCO id mapping, dataset edge cases, --init, evaluation."""
 
 import json
-import sys
 
 import albumentations as A
 import numpy as np
