@@ -24,9 +24,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(40_000_000, ge=1, description="largest image in pixels, checked before decoding (413)")
     max_files: int = Field(32, ge=1, description="most images in one /detect/batch request")
     queue_size: int = Field(32, ge=1, description="images waiting for inference before new ones get 503")
-    # Measured with `python -m bench.service --batch-sizes 1,4,1,4` on 2 cores: batches of 4 served
-    # 54 req/s against 44-47 one at a time on a quiet machine (load generator included), but 30-32
-    # against 32-35 while another job kept them busy (ONNX Runtime's batch waits on preempted threads).
+    # Measured with `python -m bench.service` on 2 cores (load generator included): batches of 4
+    # served 71 req/s (p99 136 ms) against 63 (p99 159 ms) one at a time; with another job keeping
+    # the cores busy an earlier A/B saw 30-32 against 32-35 (ONNX Runtime's batch waits on
+    # preempted threads).
     max_batch_size: int = Field(4, ge=1, description="most images in one inference call (1: no batching)")
     max_wait_ms: float = Field(0.0, ge=0, description="how long a non-full batch waits for more images")
 

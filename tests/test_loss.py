@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
+from ssdlite.anchors import generate_anchors
 from ssdlite.loss import SSDLoss, match_anchors, pad_targets
 
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -98,8 +100,9 @@ def ref_focal(logits, targets, alpha=0.25, gamma=2.0):
     return alpha_t * ce * (1 - p_t) ** gamma
 
 
-def ref_loss(anchors, box_regression, class_logits, boxes, labels, iscrowd, classification, box_loss, ratio=3,
-             threshold=0.5):
+def ref_loss(
+    anchors, box_regression, class_logits, boxes, labels, iscrowd, classification, box_loss, ratio=3, threshold=0.5
+):
     anchors_xyxy, anchors = ref_to_xyxy(anchors), anchors.double()
     total_pos, box_sum, cls_sum = 0, 0.0, 0.0
     for i in range(len(boxes)):
@@ -173,8 +176,15 @@ def random_batch(seed):
 
 def xyxy_to_cxcywh(boxes):
     boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    return torch.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2,
-                        boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1)
+    return torch.stack(
+        [
+            (boxes[:, 0] + boxes[:, 2]) / 2,
+            (boxes[:, 1] + boxes[:, 3]) / 2,
+            boxes[:, 2] - boxes[:, 0],
+            boxes[:, 3] - boxes[:, 1],
+        ],
+        1,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,11 +264,15 @@ def test_threshold_is_inclusive_and_padding_never_matches():
 
 def test_forced_match_overrides_threshold_match_and_crowd_never_forces():
     anchors_xyxy = torch.tensor([[0.0, 0.0, 0.4, 0.4], [0.0, 0.0, 0.44, 0.44], [0.6, 0.6, 1.0, 1.0]])
-    boxes = torch.tensor([[
-        [0.0, 0.0, 0.44, 0.44],  # IoU 0.83 with anchor 0 (its best gt) but 1.0 with anchor 1
-        [0.0, 0.0, 0.4, 0.3],  # IoU 0.75 with anchor 0, its best anchor: the forced match wins
-        [0.0, 0.0, 0.2, 0.2],  # crowd, best anchor 0 at IoU 0.25: forces nothing, ignores nothing
-    ]])
+    boxes = torch.tensor(
+        [
+            [
+                [0.0, 0.0, 0.44, 0.44],  # IoU 0.83 with anchor 0 (its best gt) but 1.0 with anchor 1
+                [0.0, 0.0, 0.4, 0.3],  # IoU 0.75 with anchor 0, its best anchor: the forced match wins
+                [0.0, 0.0, 0.2, 0.2],  # crowd, best anchor 0 at IoU 0.25: forces nothing, ignores nothing
+            ]
+        ]
+    )
     labels = torch.tensor([[1, 2, 3]])
     matched = match_anchors(anchors_xyxy, boxes, labels, torch.tensor([[False, False, True]]), 0.5)
     assert matched.tolist() == [[1, 0, -1]]
@@ -284,8 +298,9 @@ def test_loss_equals_reference(seed, classification, box_loss):
     anchors, box_regression, class_logits, boxes, labels, iscrowd = random_batch(seed)
     loss_fn = SSDLoss(anchors, WEIGHTS, classification=classification, box_loss=box_loss)
     out = loss_fn(box_regression, class_logits, boxes, labels, iscrowd)
-    ref_box, ref_cls, ref_pos = ref_loss(anchors, box_regression, class_logits, boxes, labels, iscrowd,
-                                         classification, box_loss)
+    ref_box, ref_cls, ref_pos = ref_loss(
+        anchors, box_regression, class_logits, boxes, labels, iscrowd, classification, box_loss
+    )
     assert int(out["num_positives"]) == ref_pos > 0
     torch.testing.assert_close(out["loss_box"].double(), torch.as_tensor(ref_box), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out["loss_cls"].double(), torch.as_tensor(ref_cls), rtol=1e-5, atol=1e-5)
@@ -296,8 +311,9 @@ def test_loss_equals_reference(seed, classification, box_loss):
 def test_neg_pos_ratio_equals_reference(ratio):
     anchors, box_regression, class_logits, boxes, labels, iscrowd = random_batch(100)
     out = SSDLoss(anchors, neg_pos_ratio=ratio)(box_regression, class_logits, boxes, labels, iscrowd)
-    _, ref_cls, _ = ref_loss(anchors, box_regression, class_logits, boxes, labels, iscrowd, "softmax", "smooth_l1",
-                             ratio=ratio)
+    _, ref_cls, _ = ref_loss(
+        anchors, box_regression, class_logits, boxes, labels, iscrowd, "softmax", "smooth_l1", ratio=ratio
+    )
     torch.testing.assert_close(out["loss_cls"].double(), torch.as_tensor(ref_cls), rtol=1e-5, atol=1e-5)
 
 
@@ -327,13 +343,15 @@ def test_image_without_positives_contributes_no_negatives():
 
 
 def crowd_case():
-    anchors = xyxy_to_cxcywh([
-        [0.0, 0.0, 0.5, 0.5],  # matches the gt
-        [0.5, 0.5, 1.0, 1.0],  # covered by the crowd box: ignored
-        [0.5, 0.0, 1.0, 0.5],
-        [0.0, 0.5, 0.5, 1.0],
-        [0.25, 0.25, 0.75, 0.75],
-    ])
+    anchors = xyxy_to_cxcywh(
+        [
+            [0.0, 0.0, 0.5, 0.5],  # matches the gt
+            [0.5, 0.5, 1.0, 1.0],  # covered by the crowd box: ignored
+            [0.5, 0.0, 1.0, 0.5],
+            [0.0, 0.5, 0.5, 1.0],
+            [0.25, 0.25, 0.75, 0.75],
+        ]
+    )
     logits = torch.tensor([[[0.0, 2.0, 0.0], [0.0, 9.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 3.0], [2.0, 0.0, 0.0]]])
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.55, 0.55, 1.0, 1.0]]])
     return anchors, logits, boxes, torch.tensor([[1, 2]]), torch.tensor([[False, True]])
@@ -474,3 +492,40 @@ def test_cuda_matches_cpu(classification, box_loss):
         out = loss_fn(box_regression.cuda(), class_logits.cuda(), boxes.cuda(), labels.cuda(), iscrowd.cuda())
     for key in ("loss", "loss_box", "loss_cls", "num_positives"):
         torch.testing.assert_close(out[key].cpu(), expected[key], rtol=1e-5, atol=1e-5)
+
+
+def test_equals_torchvision_ssd_loss_on_its_own_head_outputs():
+    """Same anchors, matching, coding, hard-negative mining and normalisation as torchvision's SSD.
+
+    (They can differ only where a box's best anchor is a tie to float rounding, e.g. two anchors
+    at 0.07198205 IoU: torchvision computes IoU in pixels, ours in normalised units. These boxes
+    have no such tie.)
+    """
+    torch.manual_seed(0)
+    size, num_classes = 160, 7
+    model = torchvision.models.detection.ssdlite320_mobilenet_v3_large(
+        weights=None, weights_backbone=None, num_classes=num_classes
+    ).train()
+    model.transform.fixed_size, model.transform.min_size, model.transform.max_size = (size, size), (size,), size
+    generator = torch.Generator().manual_seed(1)
+    boxes, labels = [], []
+    for count in (1, 2, 3, 4):
+        centre = torch.rand(count, 2, generator=generator) * 0.6 + 0.2
+        half = torch.rand(count, 2, generator=generator) * 0.2 + 0.025
+        boxes.append(torch.cat([centre - half, centre + half], 1).clamp(0, 1))
+        labels.append(torch.randint(1, num_classes, (count,), generator=generator))
+    head_outputs = {}
+    compute_loss = model.compute_loss
+    model.compute_loss = lambda targets, outputs, *rest: (
+        head_outputs.update(outputs) or compute_loss(targets, outputs, *rest)
+    )
+    theirs = model(
+        list(torch.rand(4, 3, size, size).unbind(0)),
+        [{"boxes": b * size, "labels": lab} for b, lab in zip(boxes, labels, strict=True)],
+    )
+
+    ours = SSDLoss(generate_anchors("ssd", size, 0.2, 0.95), WEIGHTS)(
+        head_outputs["bbox_regression"], head_outputs["cls_logits"], *pad_targets(boxes, labels)
+    )
+    assert ours["loss_box"].item() == pytest.approx(theirs["bbox_regression"].item(), rel=1e-5)
+    assert ours["loss_cls"].item() == pytest.approx(theirs["classification"].item(), rel=1e-5)
