@@ -1,7 +1,7 @@
 """The SSDLite network (tensor in, raw outputs out), its config and named presets."""
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
