@@ -15,13 +15,15 @@ The default budget (300 steps of 16 images, 1.2 epochs of the embedded set) take
 minutes on a 2-core CPU; it compares learning speed at equal steps, not final accuracy
 (``--steps`` for more).
 
-Findings so far (2-core CPU, 2026-11-23): at 300 steps runs through our loss code reached mAP
-0.288-0.298 (torchvision's own model trained with ``SSDLoss``, and our v3_large preset, seeds 0
-and 1) while torchvision's own training call reached 0.323 and 0.335 (seeds 0 and 1), with
-similar or higher AP50 on our side. The two losses agree to 1e-5 on the same outputs
-(``tests/test_loss.py``) apart from which anchor wins an exact IoU tie, and breaking ties
-torchvision's way did not close the gap (0.298); neither did torchvision's head initialisation.
-Five single runs cannot separate a small systematic difference from run-to-run spread.
+Findings so far (2-core CPU, 2026-11-23, 300 steps): torchvision's own training call reached
+mAP 0.323/0.335/0.337/0.346 (seeds 0-3), our v3_large preset 0.295/0.297/0.313/0.310, and
+torchvision's *own model* trained through ``SSDLoss`` 0.288/0.286 (seeds 0/1): the gap follows
+the loss code, not the model. The two losses agree on the first batch's gradients except at the
+~10 anchors where a box's best anchor is a tie to float rounding (torchvision computes IoU in
+pixels, we in normalised units); over 60 batches such ties move the box loss by up to 1.6%.
+Other tie rules (lowest index within 1e-6: 0.292; highest index: 0.298; our IoU in pixels:
+0.319 and 0.290) did not close the gap reliably, nor did torchvision's head initialisation.
+Still open.
 """
 
 import argparse
