@@ -17,7 +17,6 @@ import multiprocessing
 import os
 import shutil
 import tempfile
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,16 +117,13 @@ def write_split(
     image_dir.mkdir(parents=True, exist_ok=True)
     annotation_file.parent.mkdir(parents=True, exist_ok=True)
     jobs = [(spec, split, index, image_dir) for index in range(count)]
-    bar = tqdm(total=count, desc=f"generating embedded {split} set", unit="img", disable=not progress, leave=False)
+    bar = {"total": count, "desc": f"generating embedded {split} set", "unit": "img", "disable": not progress}
     processes = min(os.cpu_count() or 1, 8)
-    rendered = []
-    with (
-        bar,
-        multiprocessing.get_context("fork").Pool(processes) if processes > 1 and count >= 64 else nullcontext() as pool,
-    ):
-        for result in pool.imap(_write_image, jobs, chunksize=16) if pool else map(_write_image, jobs):
-            rendered.append(result)
-            bar.update()
+    if processes > 1 and count >= 64:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            rendered = list(tqdm(pool.imap(_write_image, jobs, chunksize=16), leave=False, **bar))
+    else:
+        rendered = list(tqdm(map(_write_image, jobs), leave=False, **bar))
     images, annotations = [], []
     for image, objects in rendered:
         images.append(image)
