@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import torchvision
 
 from ssdlite.anchors import generate_anchors
+from ssdlite.boxes import xyxy_to_cxcywh
 from ssdlite.loss import SSDLoss, match_anchors, pad_targets
 
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -174,19 +175,6 @@ def random_batch(seed):
     return anchors, box_regression, class_logits, boxes, labels, iscrowd
 
 
-def xyxy_to_cxcywh(boxes):
-    boxes = torch.as_tensor(boxes, dtype=torch.float32)
-    return torch.stack(
-        [
-            (boxes[:, 0] + boxes[:, 2]) / 2,
-            (boxes[:, 1] + boxes[:, 3]) / 2,
-            boxes[:, 2] - boxes[:, 0],
-            boxes[:, 3] - boxes[:, 1],
-        ],
-        1,
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # pad_targets
 # ---------------------------------------------------------------------------------------------
@@ -279,7 +267,7 @@ def test_forced_match_overrides_threshold_match_and_crowd_never_forces():
 
 
 def test_gt_overlapping_no_anchor_is_not_forced():
-    anchors = xyxy_to_cxcywh([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    anchors = xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]))
     boxes = torch.tensor([[[0.6, 0.0, 0.9, 0.3], [0.7, 0.1, 0.7, 0.4]]])  # disjoint; zero-area
     labels = torch.tensor([[1, 2]])
     assert match_anchors(ref_to_xyxy(anchors), boxes, labels).tolist() == [[-1, -1]]
@@ -319,7 +307,9 @@ def test_neg_pos_ratio_equals_reference(ratio):
 
 def test_hard_negatives_never_exceed_available_negatives():
     # 2 positives want 6 negatives but only 2 exist: every anchor counts exactly once.
-    anchors = xyxy_to_cxcywh([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0]])
+    anchors = xyxy_to_cxcywh(
+        torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0]])
+    )
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]])
     labels = torch.tensor([[1, 2]])
     logits = torch.randn(1, 4, 3, generator=torch.Generator().manual_seed(0))
@@ -344,13 +334,15 @@ def test_image_without_positives_contributes_no_negatives():
 
 def crowd_case():
     anchors = xyxy_to_cxcywh(
-        [
-            [0.0, 0.0, 0.5, 0.5],  # matches the gt
-            [0.5, 0.5, 1.0, 1.0],  # covered by the crowd box: ignored
-            [0.5, 0.0, 1.0, 0.5],
-            [0.0, 0.5, 0.5, 1.0],
-            [0.25, 0.25, 0.75, 0.75],
-        ]
+        torch.tensor(
+            [
+                [0.0, 0.0, 0.5, 0.5],  # matches the gt
+                [0.5, 0.5, 1.0, 1.0],  # covered by the crowd box: ignored
+                [0.5, 0.0, 1.0, 0.5],
+                [0.0, 0.5, 0.5, 1.0],
+                [0.25, 0.25, 0.75, 0.75],
+            ]
+        )
     )
     logits = torch.tensor([[[0.0, 2.0, 0.0], [0.0, 9.0, 0.0], [1.0, 2.0, 0.0], [0.0, 0.0, 3.0], [2.0, 0.0, 0.0]]])
     boxes = torch.tensor([[[0.0, 0.0, 0.5, 0.5], [0.55, 0.55, 1.0, 1.0]]])
