@@ -15,6 +15,7 @@ import asyncio
 import io
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -154,35 +155,51 @@ def percentiles(values: list[float]) -> dict:
     return {"p50": statistics.median(values), "p95": at(0.95), "p99": at(0.99)}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_ready(process: subprocess.Popen, url: str, timeout: float):
+    """Polls ``url``/readyz until it answers 200.
+
+    Raises:
+        RuntimeError: the process exited first.
+        TimeoutError: not ready within ``timeout`` seconds.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"not ready after {timeout:g} s")
+
+
 class Server:
     """A server subprocess on a free loopback port, waited on until /readyz answers 200."""
 
     def __init__(self, command: list[str], env: dict[str, str]):
         """``command`` gets ``--port PORT`` appended."""
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.command = [*command, "--port", str(self.port)]
         self.env = {**os.environ, **env}
 
     def __enter__(self) -> "Server":
-        import httpx
-
         self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{' '.join(self.command)} exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.__exit__()
-        raise TimeoutError("server not ready after 300 s")
+        try:
+            wait_until_ready(self.process, f"http://127.0.0.1:{self.port}", 300)
+        except (RuntimeError, TimeoutError) as error:
+            self.__exit__()
+            raise type(error)(f"{' '.join(self.command)} {error}") from None
+        return self
 
     def __exit__(self, *exc):
         self.process.terminate()

@@ -4,18 +4,17 @@ import atexit
 import functools
 import io
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 from PIL import Image
 
+from bench.service import free_port, wait_until_ready
 from ssdlite import Detector, build_model, get_config, save_checkpoint
 from ssdlite.boxes import encode_boxes
 
@@ -95,42 +94,40 @@ def bad_inputs() -> dict[str, tuple[bytes, tuple[int, ...]]]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class ServiceProcess:
     """``python -m service`` on 127.0.0.1 and a free port, for as long as the context lasts."""
 
     def __init__(self, model: str | os.PathLike, timeout: float = 120, **settings):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "SSDLITE_MODEL": str(model), "SSDLITE_PORT": str(self.port),
-                    "SSDLITE_HOST": "127.0.0.1", "SSDLITE_ACCESS_LOG": "false", "PYTHONUNBUFFERED": "1"}
+        self.env = {
+            **os.environ,
+            "SSDLITE_MODEL": str(model),
+            "SSDLITE_PORT": str(self.port),
+            "SSDLITE_HOST": "127.0.0.1",
+            "SSDLITE_ACCESS_LOG": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
         self.env.update({f"SSDLITE_{k.upper()}": str(v) for k, v in settings.items()})
         self.timeout = timeout
         self.log: list[str] = []
 
     def __enter__(self) -> "ServiceProcess":
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [sys.executable, "-m", "service"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         threading.Thread(target=lambda: self.log.extend(self.process.stdout), daemon=True).start()
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"service exited with {self.process.returncode}:\n{self.output}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.__exit__()
-        raise TimeoutError(f"service not ready after {self.timeout} s:\n{self.output}")
+        try:
+            wait_until_ready(self.process, self.url, self.timeout)
+        except (RuntimeError, TimeoutError) as error:
+            self.__exit__()
+            raise type(error)(f"service {error}:\n{self.output}") from None
+        return self
 
     def __exit__(self, *exc):
         self.process.terminate()
