@@ -28,7 +28,6 @@ Still open.
 
 import argparse
 import itertools
-import json
 import time
 
 import cv2
@@ -46,7 +45,7 @@ from train.evaluation import CocoEvaluator
 from train.synthetic import SyntheticSpec, ensure_dataset
 from train.transforms import build_transform
 
-from .common import machine_description
+from .common import machine_description, write_json
 
 
 def batches(dataset: CocoDetection, batch_size: int, workers: int, seed: int):
@@ -178,9 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"({results['ours']['train_seconds']:.0f} s) vs torchvision AP {results['torchvision']['stats']['AP']:.3f} "
         f"({results['torchvision']['train_seconds']:.0f} s)"
     )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return results
 
 

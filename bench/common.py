@@ -1,5 +1,6 @@
 """Timing and model-setup helpers shared by the benchmarks."""
 
+import json
 import platform
 import statistics
 import time
@@ -58,6 +59,13 @@ def time_call(fn: Callable[[], object], iterations: int, warmup: int = 5) -> dic
         "p95": times[min(len(times) - 1, round(0.95 * (len(times) - 1)))],
         "mean": statistics.fmean(times),
     }
+
+
+def write_json(path: str | None, results: dict):
+    """Saves a benchmark's results where ``--json`` asked (nothing when it was not given)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 def machine_description() -> str:

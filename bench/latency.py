@@ -7,7 +7,6 @@ call. Both models get background-dominant class biases so NMS sees trained-like 
 """
 
 import argparse
-import json
 
 import numpy as np
 import torch
@@ -16,7 +15,14 @@ import torchvision
 from ssdlite import PRESETS, Detector, build_model
 from ssdlite.export import OnnxRuntimeBackend, export_onnx
 
-from .common import count_parameters, machine_description, make_background_dominant, multiply_adds, time_call
+from .common import (
+    count_parameters,
+    machine_description,
+    make_background_dominant,
+    multiply_adds,
+    time_call,
+    write_json,
+)
 
 NUM_CLASSES = 91
 
@@ -89,9 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     detections = {"ours": len(ours_onnx.predict(image)), "torchvision": len(run_torchvision()[0]["boxes"])}
     print(f"detections returned on the benchmark image: {detections}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return results
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import machine_description
+from .common import machine_description, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "tests" / "fixtures" / "images" / "grace_hopper.jpg"
@@ -346,8 +346,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(
                 f"{name:68s} {r['fps']:6.1f} fps  p50 {r['p50']:5.1f} ms  p95 {r['p95']:5.1f} ms  errors {r['errors']}"
             )
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+    write_json(args.json, results)
     return results
 
 

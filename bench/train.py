@@ -16,7 +16,6 @@ CPU defaults are small (batch 8, a few steps) so the whole run takes a few minut
 """
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -29,7 +28,7 @@ from torch.utils.data import DataLoader
 from ssdlite import Detector, build_model
 from ssdlite.loss import SSDLoss, pad_targets
 
-from .common import machine_description, make_background_dominant
+from .common import machine_description, make_background_dominant, write_json
 
 NUM_CLASSES = 91
 IMAGE_SIZE = 320
@@ -219,9 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         "loader": [bench_loader(w, batch_sizes[0] if cuda else 16, 8 if cuda else 4) for w in workers],
         "eval": bench_eval(device, 256 if cuda else 8, steps),
     }
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    write_json(args.json, results)
     return results
 
 
