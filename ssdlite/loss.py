@@ -16,6 +16,8 @@ from .boxes import cxcywh_to_xyxy, decode_boxes, encode_boxes, pairwise_iou
 
 BACKGROUND = -1
 IGNORED = -2
+# IoUs closer than this are one value: float rounding (about 1e-7 here) must not break a tie.
+TIE_TOLERANCE = 1e-6
 
 
 def pad_targets(
@@ -53,7 +55,7 @@ def pad_targets(
 
 
 def match_anchors(
-    anchors_xyxy: Tensor,
+    anchors: Tensor,
     gt_boxes: Tensor,
     gt_labels: Tensor,
     gt_iscrowd: Tensor | None = None,
@@ -61,21 +63,25 @@ def match_anchors(
 ) -> Tensor:
     """Assigns every anchor of every image to a ground-truth box, background, or "ignore".
 
-    Rules, applied to the whole batch at once:
+    Rules, applied to the whole batch at once (torchvision's ``SSDMatcher`` with an explicit tie
+    rule, plus crowd boxes):
 
     * An anchor is positive for its highest-IoU valid non-crowd gt (lowest gt index on ties)
       if that IoU is ``>= iou_threshold``.
-    * Every valid non-crowd gt is additionally forced onto its highest-IoU anchor (lowest anchor
-      index on ties, i.e. ``argmax``), overriding the threshold rule. When several gts force the
-      same anchor it takes the one it overlaps most (lowest gt index on ties). A gt that overlaps
-      no anchor at all (e.g. a zero-area box) is not forced anywhere.
+    * Every valid non-crowd gt also claims its best anchor, overriding the threshold rule. IoUs
+      within ``TIE_TOLERANCE`` of the gt's best are ties, and among them the anchor whose centre
+      is nearest the gt's centre wins (then the lowest index). Ties are common: a small box
+      inside several anchors of one scale (every aspect ratio has the same area) has exactly the
+      same IoU with each, and float rounding must not pick among them. When several gts claim
+      one anchor the last gt wins. A gt that overlaps no anchor at all (e.g. a zero-area box)
+      claims nothing.
     * A remaining anchor whose IoU with some crowd box is ``>= iou_threshold`` is ignored (``-2``);
       all others are background (``-1``).
 
     Rows with a negative label are padding and never match.
 
     Args:
-        anchors_xyxy: ``[A, 4]`` anchors in (x1, y1, x2, y2).
+        anchors: ``[A, 4]`` anchors in (cx, cy, w, h).
         gt_boxes: ``[N, M, 4]`` ground-truth boxes in (x1, y1, x2, y2).
         gt_labels: ``[N, M]`` labels, ``-1`` for padding.
         gt_iscrowd: ``[N, M]`` crowd flags, or ``None`` for no crowd boxes.
@@ -85,11 +91,12 @@ def match_anchors(
         ``[N, A]`` int64: the matched gt index, ``-1`` for background or ``-2`` for ignored.
     """
     n, m = gt_labels.shape
-    num_anchors = anchors_xyxy.shape[0]
+    num_anchors = anchors.shape[0]
     if m == 0:
         return torch.full((n, num_anchors), BACKGROUND, dtype=torch.int64, device=gt_labels.device)
 
-    iou = pairwise_iou(gt_boxes, anchors_xyxy)  # [N, M, A]
+    # The anchors' corners, rounded once from their exact (cx, cy, w, h).
+    iou = pairwise_iou(gt_boxes, cxcywh_to_xyxy(anchors.double()).to(gt_boxes.dtype))  # [N, M, A]
     valid = gt_labels >= 0
     crowd = valid & gt_iscrowd.bool() if gt_iscrowd is not None else torch.zeros_like(valid)
     matchable = valid & ~crowd
@@ -99,12 +106,15 @@ def match_anchors(
     best_iou, best_gt = match_iou.max(dim=1)  # [N, A]
     matched = torch.where(best_iou >= iou_threshold, best_gt, BACKGROUND)
 
-    gt_best_iou, gt_best_anchor = match_iou.max(dim=2)  # [N, M]
-    forcing = gt_best_iou > 0  # padding and crowd rows sit at -1
-    forced = torch.zeros_like(iou, dtype=torch.bool)
-    forced.scatter_(2, gt_best_anchor[:, :, None], forcing[:, :, None])
-    _, forced_gt = iou.masked_fill(~forced, -1.0).max(dim=1)  # [N, A]
-    matched = torch.where(forced.any(dim=1), forced_gt, matched)
+    gt_best_iou = match_iou.amax(dim=2)  # [N, M]
+    tied = match_iou >= (gt_best_iou - TIE_TOLERANCE)[:, :, None]
+    gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) / 2
+    distance = (gt_centres[:, :, None, :] - anchors[:, :2]).square().sum(dim=-1)  # [N, M, A]
+    claimed_anchor = distance.masked_fill(~tied, float("inf")).argmin(dim=2)  # argmin returns the first minimum
+    gt_index = torch.arange(m, device=gt_labels.device).expand(n, m)
+    claims = torch.where(gt_best_iou > 0, gt_index, BACKGROUND)  # padding and crowd rows sit at -1
+    claimed_by = torch.full_like(matched, BACKGROUND).scatter_reduce_(1, claimed_anchor, claims, reduce="amax")
+    matched = torch.where(claimed_by >= 0, claimed_by, matched)
 
     crowd_iou = iou.masked_fill(~crowd[:, :, None], -1.0).amax(dim=1)
     return torch.where((matched < 0) & (crowd_iou >= iou_threshold), IGNORED, matched)
@@ -163,6 +173,7 @@ class SSDLoss(nn.Module):
         gt_boxes: Tensor,
         gt_labels: Tensor,
         gt_iscrowd: Tensor | None = None,
+        matched: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Computes the loss for a batch.
 
@@ -172,6 +183,7 @@ class SSDLoss(nn.Module):
             gt_boxes: ``[N, M, 4]`` normalised (x1, y1, x2, y2) gt boxes, as from :func:`pad_targets`.
             gt_labels: ``[N, M]`` gt labels in ``1..K-1``, ``-1`` for padding.
             gt_iscrowd: ``[N, M]`` crowd flags, or ``None``.
+            matched: ``[N, A]`` matches to use instead of :func:`match_anchors`' (same encoding).
 
         Returns:
             Dict with scalar float32 ``loss`` (= ``loss_box + loss_cls``), ``loss_box``,
@@ -189,7 +201,8 @@ class SSDLoss(nn.Module):
                 gt_labels = gt_labels.new_full((gt_labels.shape[0], 1), -1)
                 gt_iscrowd = None
 
-            matched = match_anchors(cxcywh_to_xyxy(anchors), gt_boxes, gt_labels, gt_iscrowd, self.iou_threshold)
+            if matched is None:
+                matched = self.match(gt_boxes, gt_labels, gt_iscrowd)
             positive = matched >= 0
             num_positives = positive.sum()
             normalizer = num_positives.clamp(min=1).float()
@@ -209,6 +222,10 @@ class SSDLoss(nn.Module):
             "loss_cls": loss_cls,
             "num_positives": num_positives,
         }
+
+    def match(self, gt_boxes: Tensor, gt_labels: Tensor, gt_iscrowd: Tensor | None = None) -> Tensor:
+        """The anchor matches :meth:`forward` uses: ``[N, A]``, see :func:`match_anchors`."""
+        return match_anchors(self.anchors, gt_boxes, gt_labels, gt_iscrowd, self.iou_threshold)
 
     def _box_loss(
         self, box_regression: Tensor, anchors: Tensor, gt_boxes: Tensor, matched: Tensor, positive: Tensor

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 import torchvision
 
 from ssdlite.anchors import generate_anchors
-from ssdlite.boxes import xyxy_to_cxcywh
-from ssdlite.loss import SSDLoss, match_anchors, pad_targets
+from ssdlite.boxes import pairwise_iou, xyxy_to_cxcywh
+from ssdlite.loss import TIE_TOLERANCE, SSDLoss, match_anchors, pad_targets
 
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 NUM_CLASSES = 6
@@ -35,10 +35,10 @@ def ref_iou_one(box, anchors_xyxy):
     return torch.where(union > 0, inter / union, torch.zeros_like(inter))
 
 
-def ref_match_image(anchors_xyxy, boxes, labels, iscrowd, threshold):
-    # IoU stays in float32 as in loss.py: a small gt inside several equal-sized anchors ties
-    # exactly there, and float64 would break that tie differently.
-    num_anchors = len(anchors_xyxy)
+def ref_match_image(anchors, boxes, labels, iscrowd, threshold):
+    # IoU stays in float32 as in loss.py; ties are then decided by the explicit rule below.
+    anchors_xyxy = ref_to_xyxy(anchors.double()).to(boxes.dtype)
+    num_anchors = len(anchors)
     ious = [ref_iou_one(box, anchors_xyxy) for box in boxes]
     normal = [g for g in range(len(boxes)) if labels[g] >= 0 and not iscrowd[g]]
     crowd = [g for g in range(len(boxes)) if labels[g] >= 0 and iscrowd[g]]
@@ -51,22 +51,21 @@ def ref_match_image(anchors_xyxy, boxes, labels, iscrowd, threshold):
         best_gt = torch.where(better, torch.tensor(g), best_gt)
     matched = torch.where(best_iou >= threshold, best_gt, torch.tensor(-1))
 
-    claims = {}
-    for g in normal:
-        a = int(torch.argmax(ious[g]))
-        if ious[g][a] > 0 and (a not in claims or ious[g][a] > claims[a][0]):
-            claims[a] = (ious[g][a], g)
-    for a, (_, g) in claims.items():
-        matched[a] = g
+    for g in normal:  # in order: a later gt takes an anchor an earlier one claimed
+        best = ious[g].max()
+        if best > 0:
+            tied = torch.nonzero(ious[g] >= best - TIE_TOLERANCE)[:, 0]
+            centre = (boxes[g][:2] + boxes[g][2:]) / 2
+            matched[int(tied[(anchors[tied, :2] - centre).square().sum(1).argmin()])] = g
 
     for g in crowd:
         matched[(matched == -1) & (ious[g] >= threshold)] = -2
     return matched
 
 
-def ref_match(anchors_xyxy, boxes, labels, iscrowd, threshold):
+def ref_match(anchors, boxes, labels, iscrowd, threshold):
     return torch.stack(
-        [ref_match_image(anchors_xyxy, boxes[i], labels[i], iscrowd[i], threshold) for i in range(len(boxes))]
+        [ref_match_image(anchors, boxes[i], labels[i], iscrowd[i], threshold) for i in range(len(boxes))]
     )
 
 
@@ -104,10 +103,9 @@ def ref_focal(logits, targets, alpha=0.25, gamma=2.0):
 def ref_loss(
     anchors, box_regression, class_logits, boxes, labels, iscrowd, classification, box_loss, ratio=3, threshold=0.5
 ):
-    anchors_xyxy, anchors = ref_to_xyxy(anchors), anchors.double()
     total_pos, box_sum, cls_sum = 0, 0.0, 0.0
     for i in range(len(boxes)):
-        matched = ref_match_image(anchors_xyxy, boxes[i], labels[i], iscrowd[i], threshold)
+        matched = ref_match_image(anchors, boxes[i], labels[i], iscrowd[i], threshold)
         gts = boxes[i].double()
         deltas = box_regression[i].double()
         logits = class_logits[i].double()
@@ -117,10 +115,10 @@ def ref_loss(
         for a in positives:
             gt = gts[matched[a]]
             if box_loss == "smooth_l1":
-                diff = (deltas[a] - ref_encode(gt, anchors[a])).abs()
+                diff = (deltas[a] - ref_encode(gt, anchors[a].double())).abs()
                 box_sum += torch.where(diff < 1, 0.5 * diff**2, diff - 0.5).sum()
             else:
-                box_sum += ref_giou_loss(ref_decode(deltas[a], anchors[a]), gt)
+                box_sum += ref_giou_loss(ref_decode(deltas[a], anchors[a].double()), gt)
 
         target = torch.zeros(len(anchors), dtype=torch.long)
         for a in positives:
@@ -210,10 +208,9 @@ def test_pad_targets_all_empty_keeps_one_padding_row():
 @pytest.mark.parametrize("seed", SEEDS)
 def test_match_anchors_equals_reference(seed, threshold):
     anchors, _, _, boxes, labels, iscrowd = random_batch(seed)
-    anchors_xyxy = ref_to_xyxy(anchors)
-    matched = match_anchors(anchors_xyxy, boxes, labels, iscrowd, threshold)
+    matched = match_anchors(anchors, boxes, labels, iscrowd, threshold)
     assert matched.dtype == torch.int64
-    assert torch.equal(matched, ref_match(anchors_xyxy, boxes, labels, iscrowd, threshold))
+    assert torch.equal(matched, ref_match(anchors, boxes, labels, iscrowd, threshold))
     assert (matched[0] == -1).all()  # the image without boxes is all background
 
 
@@ -222,7 +219,7 @@ def test_random_batches_cover_edge_cases():
     for seed in SEEDS:
         anchors, _, _, boxes, labels, iscrowd = random_batch(seed)
         anchors_xyxy = ref_to_xyxy(anchors)
-        matched = ref_match(anchors_xyxy, boxes, labels, iscrowd, 0.5)
+        matched = ref_match(anchors, boxes, labels, iscrowd, 0.5)
         for i in range(len(boxes)):
             ious = torch.stack([ref_iou_one(b, anchors_xyxy) for b in boxes[i]])
             valid = (labels[i] >= 0) & ~iscrowd[i]
@@ -234,24 +231,57 @@ def test_random_batches_cover_edge_cases():
     assert forced_below_threshold > 0 and ignored > 0 and crowd_free_image > 0 and shared_best_anchor > 0
 
 
-def test_forced_match_below_threshold_uses_argmax_tie_break():
-    # Two anchors tie exactly at IoU 1/3 with the gt: only the first (argmax) is forced to match.
-    anchors_xyxy = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0]])
+def test_forced_match_tie_at_equal_distance_goes_to_the_lowest_index():
+    # Two anchors tie exactly at IoU 1/3 with the gt, their centres equally far from its centre.
+    anchors = xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0]]))
     boxes = torch.tensor([[[0.25, 0.0, 0.75, 0.5]]])
-    matched = match_anchors(anchors_xyxy, boxes, torch.tensor([[2]]), None, 0.5)
+    matched = match_anchors(anchors, boxes, torch.tensor([[2]]), None, 0.5)
     assert matched.tolist() == [[0, -1, -1]]
 
 
+def test_geometric_ties_go_to_the_nearest_anchor_whatever_the_rounding():
+    """A small box inside several first-map anchors (all of area 0.2^2) ties with each of them exactly;
+    float32 IoUs scatter by rounding, but the claim must go to the containing anchor whose centre is
+    nearest the box's (the lowest index among anchors sharing that centre)."""
+    anchors = generate_anchors("ssd", 160)
+    first_map = anchors[: 10 * 10 * 6].double()
+    first_map_xyxy = ref_to_xyxy(first_map)
+    smallest = (first_map[:, 2] * first_map[:, 3] - 0.2**2).abs() < 1e-6  # all but the interpolated scale
+    generator = torch.Generator().manual_seed(0)
+    checked = rounding_would_differ = lowest_index_would_differ = 0
+    for _ in range(200):
+        centre = torch.rand(2, generator=generator, dtype=torch.float64)
+        half = 0.01 + 0.02 * torch.rand(2, generator=generator, dtype=torch.float64)
+        box = torch.cat([centre - half, centre + half])
+        margin = torch.cat([box[:2] - first_map_xyxy[:, :2], first_map_xyxy[:, 2:] - box[2:]], 1).amin(1)
+        margin[~smallest] = -1
+        if not (margin > 1e-4).any() or ((margin > -1e-4) & (margin <= 1e-4)).any():
+            continue  # contained nowhere, or too close to an anchor edge to say
+        contained = torch.nonzero(margin > 1e-4)[:, 0]
+        distance = (first_map[contained, :2] - centre).square().sum(1)
+        farther = distance[distance > distance.min()]  # anchors sharing a centre have equal distances
+        if len(farther) and farther.min() - distance.min() < 1e-6:
+            continue  # two different centres equally near: rounding may decide
+        expected = int(contained[distance.argmin()])
+        gt = box.float()[None, None]
+        matched = match_anchors(anchors, gt, torch.tensor([[1]]))
+        assert matched[0, expected] == 0 and (matched[0] == 0).sum() == 1
+        checked += 1
+        rounding_would_differ += int(pairwise_iou(gt[0], ref_to_xyxy(anchors))[0].argmax() != expected)
+        lowest_index_would_differ += int(contained[0] != expected)
+    assert checked > 50 and rounding_would_differ > 0 and lowest_index_would_differ > 0
+
+
 def test_threshold_is_inclusive_and_padding_never_matches():
-    anchors_xyxy = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0]])
+    anchors = xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0]]))
     # Both anchors have IoU exactly 0.5; the padding row coincides with anchor 2 but must not match.
     boxes = torch.tensor([[[0.0, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0]]])
-    matched = match_anchors(anchors_xyxy, boxes, torch.tensor([[1, -1]]), None, 0.5)
+    matched = match_anchors(anchors, boxes, torch.tensor([[1, -1]]), None, 0.5)
     assert matched.tolist() == [[0, 0, -1]]
 
 
 def test_forced_match_overrides_threshold_match_and_crowd_never_forces():
-    anchors_xyxy = torch.tensor([[0.0, 0.0, 0.4, 0.4], [0.0, 0.0, 0.44, 0.44], [0.6, 0.6, 1.0, 1.0]])
+    anchors = xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 0.4, 0.4], [0.0, 0.0, 0.44, 0.44], [0.6, 0.6, 1.0, 1.0]]))
     boxes = torch.tensor(
         [
             [
@@ -262,7 +292,7 @@ def test_forced_match_overrides_threshold_match_and_crowd_never_forces():
         ]
     )
     labels = torch.tensor([[1, 2, 3]])
-    matched = match_anchors(anchors_xyxy, boxes, labels, torch.tensor([[False, False, True]]), 0.5)
+    matched = match_anchors(anchors, boxes, labels, torch.tensor([[False, False, True]]), 0.5)
     assert matched.tolist() == [[1, 0, -1]]
 
 
@@ -270,7 +300,7 @@ def test_gt_overlapping_no_anchor_is_not_forced():
     anchors = xyxy_to_cxcywh(torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]]))
     boxes = torch.tensor([[[0.6, 0.0, 0.9, 0.3], [0.7, 0.1, 0.7, 0.4]]])  # disjoint; zero-area
     labels = torch.tensor([[1, 2]])
-    assert match_anchors(ref_to_xyxy(anchors), boxes, labels).tolist() == [[-1, -1]]
+    assert match_anchors(anchors, boxes, labels).tolist() == [[-1, -1]]
     out = SSDLoss(anchors)(torch.zeros(1, 2, 4), torch.zeros(1, 2, 3), boxes, labels)
     assert int(out["num_positives"]) == 0 and out["loss"] == 0
 
@@ -352,7 +382,7 @@ def crowd_case():
 def test_crowd_ignored_anchors_are_never_hard_negatives():
     anchors, logits, boxes, labels, iscrowd = crowd_case()
     loss_fn = SSDLoss(anchors, neg_pos_ratio=1)
-    assert match_anchors(ref_to_xyxy(anchors), boxes, labels, iscrowd).tolist() == [[0, -2, -1, -1, -1]]
+    assert match_anchors(anchors, boxes, labels, iscrowd).tolist() == [[0, -2, -1, -1, -1]]
 
     out = loss_fn(torch.zeros(1, 5, 4), logits, boxes, labels, iscrowd)
     ce = F.cross_entropy(logits[0], torch.tensor([1, 0, 0, 0, 0]), reduction="none")
@@ -409,7 +439,7 @@ def test_zero_width_targets_are_accepted():
     anchors = random_anchors(torch.Generator().manual_seed(0))
     boxes, labels = torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long)
     iscrowd = torch.zeros(2, 0, dtype=torch.bool)
-    assert (match_anchors(ref_to_xyxy(anchors), boxes, labels, iscrowd) == -1).all()
+    assert (match_anchors(anchors, boxes, labels, iscrowd) == -1).all()
     out = SSDLoss(anchors)(torch.zeros(2, len(anchors), 4), torch.zeros(2, len(anchors), 3), boxes, labels, iscrowd)
     assert int(out["num_positives"]) == 0 and out["loss"] == 0
 
@@ -419,7 +449,7 @@ def test_gradients_only_reach_counted_anchors():
     box_regression.requires_grad_(True)
     class_logits.requires_grad_(True)
     SSDLoss(anchors)(box_regression, class_logits, boxes, labels, iscrowd)["loss"].backward()
-    matched = match_anchors(ref_to_xyxy(anchors), boxes, labels, iscrowd)
+    matched = match_anchors(anchors, boxes, labels, iscrowd)
     box_grad = box_regression.grad.abs().sum(-1)
     cls_grad = class_logits.grad.abs().sum(-1)
     assert (box_grad[matched >= 0] > 0).all() and (box_grad[matched < 0] == 0).all()
