@@ -138,17 +138,16 @@ class SSDLite(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
+        # From scratch, every conv starts at N(0, 0.03): torchvision's SSDLite without pretrained
+        # weights and the TF Object Detection API's SSDLite configs both do this.
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out")
+                nn.init.normal_(module.weight, std=0.03)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for head in (self.box_head, self.class_head):
-            for predictor in head.predictors:
-                nn.init.normal_(predictor[-1].weight, std=0.03)
 
     def features(self, images: Tensor) -> list[Tensor]:
         x = (images - self.mean) / self.std
