@@ -87,6 +87,16 @@ PRESETS: dict[str, SSDLiteConfig] = {
     "ssdlite320_mobilenet_v1": SSDLiteConfig(backbone="mobilenet_v1"),
     "ssdlite320_mobilenet_v3_large": SSDLiteConfig(backbone="mobilenet_v3_large"),
     "ssdlite320_mobilenet_v3_small": SSDLiteConfig(backbone="mobilenet_v3_small"),
+    # torchvision's ssdlite320_mobilenet_v3_large as it builds it without pretrained weights.
+    "ssdlite320_mobilenet_v3_large_torchvision": SSDLiteConfig(
+        backbone="mobilenet_v3_large_reduced_tail",
+        mean=(127.5, 127.5, 127.5),
+        std=(127.5, 127.5, 127.5),
+        score_threshold=0.001,
+        nms_iou=0.55,
+        max_detections=300,
+        candidates_per_image=300,
+    ),
 }
 
 

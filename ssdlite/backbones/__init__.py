@@ -10,6 +10,7 @@ BACKBONES = {
     "mobilenet_v1": lambda **kw: MobileNetV1(**kw),
     "mobilenet_v2": lambda **kw: MobileNetV2(**kw),
     "mobilenet_v3_large": lambda **kw: MobileNetV3("large", **kw),
+    "mobilenet_v3_large_reduced_tail": lambda **kw: MobileNetV3("large", reduced_tail=True, **kw),
     "mobilenet_v3_small": lambda **kw: MobileNetV3("small", **kw),
 }
 

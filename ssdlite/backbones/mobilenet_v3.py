@@ -48,10 +48,12 @@ class MobileNetV3(nn.Module):
     """MobileNetV3 returning SSDLite's two taps, chosen as torchvision's ssdlite320_mobilenet_v3_large.
 
     The stride-16 tap is the expansion output of the last stride-2 bneck (672 ch for large,
-    288 for small); the stride-32 tap is the last 1x1 conv (960 / 576). Plain paper widths:
-    no ``reduced_tail``. ``features`` is ``[stem, bnecks..., last conv]`` in torchvision's order
-    (its bneck layers are ``block.*`` there, ``conv.*`` here, with the projection's conv and BN
-    as separate modules), so torchvision weights load by position.
+    288 for small); the stride-32 tap is the last 1x1 conv (960 / 576). Paper widths unless
+    ``reduced_tail``, which halves the stride-32 stage as torchvision does when it builds SSDLite
+    without ImageNet weights (the stride-16 tap keeps its width). ``features`` is
+    ``[stem, bnecks..., last conv]`` in torchvision's order (its bneck layers are ``block.*``
+    there, ``conv.*`` here, with the projection's conv and BN as separate modules), so
+    torchvision weights load by position.
 
     Args:
         variant: ``"large"`` or ``"small"``.
@@ -59,12 +61,14 @@ class MobileNetV3(nn.Module):
         padding: ``"torch"`` (symmetric) or ``"same"`` (TensorFlow SAME, for converted weights).
         bn_eps: BatchNorm epsilon (TF graphs and torchvision's MobileNetV3 use 1e-3).
         bn_momentum: BatchNorm momentum (PyTorch convention).
+        reduced_tail: halve the channels of the last three bnecks (and so of the last conv).
     """
 
     def __init__(
         self,
         variant: str = "large",
         width_mult: float = 1.0,
+        reduced_tail: bool = False,
         padding: str = "torch",
         bn_eps: float = 1e-5,
         bn_momentum: float = 0.1,
@@ -75,7 +79,12 @@ class MobileNetV3(nn.Module):
         options = {"padding": padding, "bn_eps": bn_eps, "bn_momentum": bn_momentum}
         in_channels = make_divisible(STEM_CHANNELS * width_mult)
         layers: list[nn.Module] = [ConvBNAct(3, in_channels, 3, 2, activation="hardswish", **options)]
-        for kernel, expansion, channels, se, activation, stride in BLOCKS[variant]:
+        blocks = list(BLOCKS[variant])
+        if reduced_tail:
+            for i, (kernel, expansion, channels, se, activation, stride) in enumerate(blocks[-3:], len(blocks) - 3):
+                expansion = expansion if stride == 2 else expansion // 2
+                blocks[i] = (kernel, expansion, channels // 2, se, activation, stride)
+        for kernel, expansion, channels, se, activation, stride in blocks:
             expanded = make_divisible(expansion * width_mult)
             out_channels = make_divisible(channels * width_mult)
             se_channels = make_divisible(expanded // 4) if se else 0
@@ -90,7 +99,7 @@ class MobileNetV3(nn.Module):
         self.features = nn.Sequential(*layers)
         self.variant = variant
         # features[0] is the stem, so bneck i of the table is features[i + 1].
-        strides = [block[-1] for block in BLOCKS[variant]]
+        strides = [block[-1] for block in blocks]
         self.stride16_block = max(i for i, s in enumerate(strides) if s == 2) + 1
         self.out_channels = (self.features[self.stride16_block].expanded_channels, last_channels)
 
