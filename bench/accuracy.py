@@ -63,7 +63,6 @@ import itertools
 import math
 import os
 import statistics
-import sys
 import time
 import types
 from concurrent.futures import ProcessPoolExecutor
@@ -264,7 +263,7 @@ def run_arm(arm: Arm, seed: int, args) -> dict:
         scheduler.step()
     seconds = time.perf_counter() - start
     loader = DataLoader(val_set, 32, num_workers=args.workers, collate_fn=collate, worker_init_fn=worker_init)
-    evaluator = CocoEvaluator(val_set.coco, {i + 1: c for i, c in enumerate(val_set.categories.category_ids)})
+    evaluator = CocoEvaluator(val_set.coco, val_set.categories.label_to_category_id)
     net.evaluate(model, loader, evaluator)
     return {"arm": arm.name, "seed": seed, "train_seconds": seconds, "stats": evaluator.summarize().stats}
 
@@ -366,4 +365,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

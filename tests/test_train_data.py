@@ -109,6 +109,7 @@ def test_category_ids_map_to_contiguous_labels_and_back(tmp_path):
     assert categories.category_ids == (3, 7, 90) and categories.names == ("car", "train", "toothbrush")
     assert [categories.to_label(c) for c in (3, 7, 90)] == [1, 2, 3]
     assert [categories.to_category_id(label) for label in (1, 2, 3)] == [3, 7, 90]
+    assert categories.label_to_category_id == {1: 3, 2: 7, 3: 90}
     assert categories.num_classes == 4
     assert dataset.records[0].labels.tolist() == [1, 2, 3]
 

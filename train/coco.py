@@ -600,7 +600,7 @@ def train(args, dist_info, device, data_paths) -> dict:
             last = epoch + 1 == args.epochs
             eval_result = None
             if last or (epoch + 1) % args.eval_every == 0:
-                evaluator = CocoEvaluator(val_set.coco, {i + 1: c for i, c in enumerate(categories.category_ids)})
+                evaluator = CocoEvaluator(val_set.coco, categories.label_to_category_id)
                 eval_start = time.perf_counter()
                 evaluate(
                     eval_model,

@@ -47,6 +47,11 @@ class CategoryMap:
         return self.category_ids[label - 1]
 
     @property
+    def label_to_category_id(self) -> dict[int, int]:
+        """Every model label -> its dataset category id (what ``CocoEvaluator`` takes)."""
+        return dict(enumerate(self.category_ids, start=1))
+
+    @property
     def num_classes(self) -> int:
         """Model classes including background."""
         return len(self.category_ids) + 1
