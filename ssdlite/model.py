@@ -1,6 +1,7 @@
 """The SSDLite network (tensor in, raw outputs out), its config and named presets."""
 
 import dataclasses
+import os
 from dataclasses import dataclass
 
 import torch
@@ -8,6 +9,7 @@ from torch import Tensor, nn
 
 from .anchors import ANCHOR_STYLES, generate_anchors, num_anchors_per_location
 from .backbones import BACKBONES, build_backbone
+from .backbones.imagenet import TORCHVISION_BN_EPS, BackboneWeightsError, check_backbone_weights, load_backbone_weights
 from .head import SSDLiteHead
 from .layers import PADDING_STYLES, ConvBNAct, make_divisible
 
@@ -125,11 +127,15 @@ class SSDLite(nn.Module):
     ``forward`` takes ``[N, 3, H, W]`` RGB float pixels in [0, 255] at ``config.image_size``
     (normalisation happens inside, so exported models take the same input) and returns
     ``(box_regression [N, A, 4], class_logits [N, A, num_classes])`` aligned with ``self.anchors``.
+
+    ``backbone_weights`` says which pretrained backbone weights ``build_model`` loaded (``None``:
+    from scratch), for logs; it is not part of the config or of checkpoints.
     """
 
     def __init__(self, config: SSDLiteConfig):
         super().__init__()
         self.config = config
+        self.backbone_weights: str | None = None
         options = {"padding": config.padding, "bn_eps": config.bn_eps, "bn_momentum": config.bn_momentum}
         self.backbone = build_backbone(config.backbone, width_mult=config.width_mult, **options)
         channels = list(self.backbone.out_channels)
@@ -171,15 +177,58 @@ class SSDLite(nn.Module):
         return self.box_head(maps), self.class_head(maps)
 
 
-def build_model(name: str = "ssdlite320_mobilenet_v2", *, num_classes: int = 91, **overrides) -> SSDLite:
+def build_model(
+    name: str = "ssdlite320_mobilenet_v2",
+    *,
+    num_classes: int = 91,
+    backbone_weights: str | os.PathLike | None = None,
+    **overrides,
+) -> SSDLite:
     """Builds an SSDLite model from a named preset.
+
+    With ``backbone_weights`` the model is first built exactly as without (same random draws, so
+    extras and heads are identical), then its backbone tensors are overwritten. The config then takes
+    the settings the weights were trained with: ImageNet ``mean``/``std``, torchvision's BatchNorm
+    epsilon (``TORCHVISION_BN_EPS``: 1e-5 for MobileNetV2, 1e-3 for V3) and symmetric ``padding``;
+    since they are recorded in the config, a checkpoint of the model rebuilds the same network.
 
     Args:
         name: a key of ``PRESETS``, e.g. ``"ssdlite320_mobilenet_v2"``.
         num_classes: classes including background (COCO: 91 with TF's ids, 81 contiguous).
+        backbone_weights: ``None`` (from scratch), ``"imagenet"`` (torchvision's ``IMAGENET1K_V1``,
+            downloaded to the torch hub cache on first use) or a path to a torchvision-format state
+            dict; for ``mobilenet_v2``, ``mobilenet_v3_large`` and ``mobilenet_v3_small`` at width 1.0.
         **overrides: any other ``SSDLiteConfig`` field, e.g. ``width_mult=0.5, image_size=256``.
 
     Returns:
-        An ``SSDLite`` module with fresh weights.
+        An ``SSDLite`` module; ``model.backbone_weights`` describes what was loaded.
+
+    Raises:
+        BackboneWeightsError: the weights do not fit the backbone, an override contradicts them, the
+            file is missing or unreadable, or the download failed (one line each).
     """
-    return SSDLite(get_config(name, num_classes=num_classes, **overrides))
+    config = get_config(name, num_classes=num_classes, **overrides)
+    if backbone_weights is None:
+        return SSDLite(config)
+    check_backbone_weights(config, weights=backbone_weights)
+    required = {
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "bn_eps": TORCHVISION_BN_EPS[config.backbone],
+        "padding": "torch",
+    }
+    for key, value in required.items():
+        if key in overrides and not _same_setting(overrides[key], value):
+            raise BackboneWeightsError(
+                f"{key}={overrides[key]!r} contradicts the ImageNet backbone weights, which need {key}={value!r}; "
+                f"drop the {key} override"
+            )
+    model = SSDLite(dataclasses.replace(config, **required))
+    model.backbone_weights = load_backbone_weights(model.backbone, config.backbone, backbone_weights)
+    return model
+
+
+def _same_setting(given, required) -> bool:
+    if isinstance(required, tuple):
+        return isinstance(given, (tuple, list)) and tuple(float(v) for v in given) == required
+    return given == required
