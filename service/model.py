@@ -25,11 +25,12 @@ def load_detector(settings: Settings):
     """The ``ssdlite.Detector`` for ``settings.model`` (a zoo name or a .pt/.onnx path).
 
     Raises:
-        ssdlite.CheckpointError, ValueError, OSError: the model cannot be loaded; the message says why.
+        ssdlite.CheckpointError, ssdlite.zoo.ZooError, ValueError, OSError: the model cannot be loaded;
+            the message says why.
     """
     import torch
 
-    from ssdlite.detect import load_detector as load
+    from ssdlite import Detector
 
     backend, device = resolve_backend(settings)
     if backend == "onnxruntime":
@@ -39,7 +40,7 @@ def load_detector(settings: Settings):
         torch.set_num_threads(1)
     elif settings.threads:
         torch.set_num_threads(settings.threads)
-    return load(settings.model, backend=backend, device=device, threads=settings.threads)
+    return Detector.load(settings.model, backend=backend, device=device, threads=settings.threads)
 
 
 def warm_up(detector, max_batch_size: int):

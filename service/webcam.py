@@ -58,9 +58,9 @@ class LocalDetector:
     """Detection in this process with an ``ssdlite.Detector``."""
 
     def __init__(self, model: str, backend: str, score_threshold: float):
-        from ssdlite.detect import load_detector
+        from ssdlite import Detector
 
-        self.detector = load_detector(model, backend=backend)
+        self.detector = Detector.load(model, backend=backend)
         self.score_threshold = score_threshold
 
     def __call__(self, frame_bgr) -> list[dict]:

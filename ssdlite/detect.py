@@ -26,24 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_detector(model: str, backend: str = "onnxruntime", device: str = "cpu", threads: int | None = None):
-    """A Detector from a zoo name or a checkpoint/ONNX path (``threads``: ONNX Runtime's, default all cores)."""
-    from .detector import Detector
-    from .zoo import MODELS
-
-    if Path(model).exists() or model not in MODELS:
-        return Detector.from_checkpoint(model, device=device, backend=backend, threads=threads)
-    return Detector.from_pretrained(model, device=device, backend=backend, threads=threads)
-
-
 def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
+    from .detector import Detector
     from .images import draw_detections, read_image, write_image
+    from .zoo import ZooError
 
     args = build_parser().parse_args(argv)
     try:
-        detector = load_detector(args.model, args.backend, args.device)
-    except (CheckpointError, ValueError, OSError) as error:
+        detector = Detector.load(args.model, backend=args.backend, device=args.device)
+    except (CheckpointError, ZooError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     output = Path(args.output) if args.output else None

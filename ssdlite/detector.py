@@ -1,6 +1,7 @@
 """``Detector``: images of any size in, detections in the original image's pixels out."""
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -47,6 +48,10 @@ class TorchBackend:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(images.to(self.device, memory_format=torch.channels_last))
+
+
+def _stderr(message: str):
+    print(message, file=sys.stderr)
 
 
 class Detector:
@@ -101,11 +106,14 @@ class Detector:
         return cls(TorchBackend(model, device), model.config, class_names, device)
 
     @classmethod
-    def from_pretrained(cls, name: str, **kwargs) -> "Detector":
-        """Loads a model-zoo model by name (fetching and converting it on first use)."""
-        from .zoo import fetch
+    def load(cls, source: str | os.PathLike, **kwargs) -> "Detector":
+        """Loads a model-zoo name (fetched and converted on first use) or a ``.pt``/``.onnx`` path.
 
-        return cls.from_checkpoint(fetch(name), **kwargs)
+        Keyword arguments are :meth:`from_checkpoint`'s.
+        """
+        from .zoo import resolve
+
+        return cls.from_checkpoint(resolve(source, log=_stderr), **kwargs)
 
     def preprocess(self, images: Sequence) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Resizes RGB images to the model size; returns ``[N, 3, S, S]`` float and (H, W) sizes."""

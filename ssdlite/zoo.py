@@ -61,6 +61,24 @@ def checkpoint_path(name: str) -> Path:
     return cache_dir() / f"{name}.pt"
 
 
+def resolve(source: str | os.PathLike, log=print) -> Path:
+    """The local model file for ``source``: a checkpoint or ``.onnx`` path, or a zoo name.
+
+    The one place that turns what a user typed (``--model``, ``--init``, ``--weights``,
+    ``SSDLITE_MODEL``) into a file: an existing path is returned as it is; a zoo name is
+    fetched on first use (see :func:`fetch`) and read from the cache after that.
+
+    Raises:
+        ZooError: neither an existing file nor a zoo name, or the fetch failed.
+    """
+    path = Path(source)
+    if path.exists():
+        return path
+    if str(source) in MODELS:
+        return fetch(str(source), log=log)
+    raise ZooError(f"{source}: no such model file, and not a model-zoo name ({', '.join(MODELS)})")
+
+
 def fetch(name: str, force: bool = False, log=print) -> Path:
     """Returns the checkpoint of zoo model ``name``, downloading and converting it if needed.
 
