@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -44,3 +46,12 @@ def person_checkpoint():
     from ssdlite.zoo import fetch
 
     return fetch("tf-pedestrian", log=None)
+
+
+@pytest.fixture(scope="session")
+def coco128() -> Path:
+    """The shared coco128 set (128 real COCO photos + their COCO json) next to the repository, if present."""
+    root = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "coco128"
+    if not (root / "annotations" / "instances_train2017.json").is_file() or not (root / "train2017").is_dir():
+        pytest.skip(f"{root}: coco128 not present")
+    return root

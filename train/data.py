@@ -4,13 +4,18 @@ COCO's category ids are sparse (1..90 with gaps); the model wants contiguous lab
 (0 is background). :class:`CategoryMap` converts both ways, so result files carry the
 original ids. Annotation problems are repaired or dropped once, at load time, and counted;
 an unreadable image is skipped when its batch is built and counted then (training goes on).
+A dataset can be restricted to some of its categories by name (``classes``): boxes of the
+others are dropped and their images stay, as negatives.
 """
 
+import argparse
 import contextlib
+import difflib
 import io
 import json
 import os
 import zlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,14 +23,38 @@ import cv2
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ssdlite.images import read_image
 from ssdlite.loss import pad_targets
 
+from . import distributed
+from .synthetic import SyntheticSpec, dataset_paths, default_cache_dir, ensure_dataset
+
 
 class DataError(ValueError):
     """A dataset file or directory that is missing or unusable; the message names it."""
+
+
+class ClassListError(argparse.ArgumentTypeError, ValueError):
+    """A malformed ``--classes`` value (argparse shows the message as it is)."""
+
+
+def parse_class_list(text: str) -> list[str]:
+    """Parses a comma-separated list of category names, e.g. ``"person, car"`` -> ``["person", "car"]``.
+
+    Whitespace around each name is stripped and repeated names are kept once (first place).
+    Usable as an argparse ``type=``.
+
+    Raises:
+        ClassListError: (a ``ValueError``) the list or one of its names is empty.
+    """
+    names = [name.strip() for name in str(text).split(",")]
+    if not any(names):
+        raise ClassListError(f"empty class list {text!r}: give category names separated by commas")
+    if not all(names):
+        raise ClassListError(f"empty class name in {text!r}: give category names separated by commas")
+    return list(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
@@ -39,6 +68,41 @@ class CategoryMap:
     def from_coco(cls, coco: COCO) -> "CategoryMap":
         categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
         return cls(tuple(c["id"] for c in categories), tuple(c["name"] for c in categories))
+
+    def select(self, names: str | Sequence[str]) -> "CategoryMap":
+        """The categories called ``names`` (kept in category-id order; repeated names count once).
+
+        A string is read as a comma-separated list (see :func:`parse_class_list`).
+
+        Raises:
+            DataError: ``names`` is empty or names a category this map does not have (the message
+                lists the available ones).
+        """
+        if isinstance(names, str):
+            try:
+                names = parse_class_list(names)
+            except ClassListError as error:
+                raise DataError(str(error)) from None
+        wanted = list(dict.fromkeys(str(name) for name in names))
+        if not wanted:
+            raise DataError("empty class list: name at least one category")
+        unknown = [name for name in wanted if name not in self.names]
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, self.names, n=1) or [
+                    n for n in self.names if n.lower() == name.lower()
+                ]
+                if close:
+                    hints.append(f"{name!r} -> {close[0]!r}?")
+            raise DataError(
+                f"unknown {'category' if len(unknown) == 1 else 'categories'} {', '.join(map(repr, unknown))}"
+                + (f" (did you mean {', '.join(hints)})" if hints else "")
+                + f"; the dataset's categories: {', '.join(self.names)}"
+            )
+        chosen = set(wanted)
+        pairs = [(c, n) for c, n in zip(self.category_ids, self.names, strict=True) if n in chosen]
+        return CategoryMap(tuple(c for c, _ in pairs), tuple(n for _, n in pairs))
 
     def to_label(self, category_id: int) -> int:
         return self.category_ids.index(category_id) + 1
@@ -68,12 +132,16 @@ class AnnotationStats:
     clipped: int = 0
     dropped: int = 0
     unknown_category: int = 0
-    notes: list[str] = field(default_factory=list)
+    other_classes: int = 0  # boxes of categories left out by ``classes`` (not a problem)
+    notes: list[str] = field(default_factory=list)  # whole messages (e.g. YOLO label-file warnings)
 
     def summary(self, name: str) -> str:
+        """One line of counts (problems after "warning:"), then each note on its own line."""
         text = f"{name}: {self.images} images, {self.boxes} boxes ({self.crowd} crowd, ignored in matching)"
         if self.empty_images:
             text += f", {self.empty_images} images without boxes"
+        if self.other_classes:
+            text += f", {self.other_classes} boxes of other classes dropped (--classes)"
         problems = []
         if self.clipped:
             problems.append(f"{self.clipped} boxes clipped to their image")
@@ -83,7 +151,7 @@ class AnnotationStats:
             problems.append(f"{self.unknown_category} boxes with an unknown category dropped")
         if problems:
             text += "; warning: " + ", ".join(problems)
-        return text
+        return "\n".join([text, *self.notes])
 
 
 _REQUIRED_FIELDS = {
@@ -93,16 +161,28 @@ _REQUIRED_FIELDS = {
 }
 
 
-def load_coco(annotation_file: str | os.PathLike) -> COCO:
-    """Loads a COCO instances json with pycocotools, turning any failure into a :class:`DataError`."""
-    path = Path(annotation_file)
-    if not path.is_file():
-        raise DataError(f"{path}: annotation file not found")
-    try:
-        with open(path) as f:
-            dataset = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: not a readable JSON annotation file ({error})") from None
+def load_coco(annotations: str | os.PathLike | dict, source_name: str | None = None) -> COCO:
+    """Loads COCO instances annotations with pycocotools, turning any failure into a :class:`DataError`.
+
+    Args:
+        annotations: a COCO instances json file, or such a dataset already in memory (a dict,
+            e.g. from :func:`train.yolo.load_yolo`; it is completed in place, not copied). Both
+            go through the same checks.
+        source_name: what error messages name (default: the json path, or
+            ``"<in-memory annotations>"`` for a dict), e.g. the ``data.yaml`` a dict came from.
+    """
+    if isinstance(annotations, dict):
+        path = source_name or "<in-memory annotations>"
+        dataset = annotations
+    else:
+        path = source_name or Path(annotations)
+        if not Path(annotations).is_file():
+            raise DataError(f"{path}: annotation file not found")
+        try:
+            with open(annotations) as f:
+                dataset = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{path}: not a readable JSON annotation file ({error})") from None
     if not isinstance(dataset, dict) or not isinstance(dataset.get("images"), list):
         raise DataError(f"{path}: not a COCO annotation file (no 'images' list)")
     if not isinstance(dataset.get("categories"), list) or not dataset["categories"]:
@@ -133,17 +213,29 @@ def load_coco(annotation_file: str | os.PathLike) -> COCO:
     return coco
 
 
-def sanitize_boxes(annotations: list[dict], width: float, height: float, categories: CategoryMap, stats):
+def sanitize_boxes(
+    annotations: list[dict],
+    width: float,
+    height: float,
+    categories: CategoryMap,
+    stats,
+    other_ids: Collection[int] = (),
+):
     """COCO ``[x, y, w, h]`` annotations -> (xyxy pixel boxes, labels, iscrowd), clipped to the image.
 
     Boxes that end up empty (or were non-finite, or lie outside the image) are dropped; boxes
-    that had to be clipped are counted. Both counts go into ``stats``.
+    that had to be clipped are counted. Both counts go into ``stats``. Boxes of ``other_ids``
+    (categories left out on purpose) are dropped and counted as ``other_classes``; those of
+    categories the dataset does not declare as ``unknown_category``.
     """
     boxes, labels, crowd = [], [], []
     known = set(categories.category_ids)
     for ann in annotations:
         if ann["category_id"] not in known:
-            stats.unknown_category += 1
+            if ann["category_id"] in other_ids:
+                stats.other_classes += 1
+            else:
+                stats.unknown_category += 1
             continue
         try:
             x, y, w, h = (float(v) for v in ann["bbox"])
@@ -192,19 +284,42 @@ class CocoDetection(Dataset):
     function skips and counts those).
 
     Args:
-        annotation_file: COCO instances json.
+        annotation_file: COCO instances json, or the same as a dict (see :func:`load_coco`).
         image_dir: directory the json's ``file_name`` entries are relative to.
         transform: a pipeline from :func:`train.transforms.build_transform`.
         seed: base of the per-sample augmentation seed (see :meth:`set_epoch`).
+        classes: train on these categories only (dataset category names; see
+            :meth:`CategoryMap.select`). Labels 1..K then follow the chosen categories' ids,
+            boxes of the other categories are dropped (``stats.other_classes``) and their
+            images stay, as negatives. ``None``: every category.
+        source_name: what messages and ``annotation_file`` name instead of the json path
+            (for a dict: the file it came from, e.g. a YOLO ``data.yaml``).
     """
 
-    def __init__(self, annotation_file, image_dir, transform=None, seed: int = 0):
-        self.annotation_file = Path(annotation_file)
+    def __init__(
+        self,
+        annotation_file,
+        image_dir,
+        transform=None,
+        seed: int = 0,
+        classes: str | Sequence[str] | None = None,
+        source_name: str | os.PathLike | None = None,
+    ):
+        in_memory = isinstance(annotation_file, dict)
+        default_name = "<in-memory annotations>" if in_memory else annotation_file
+        self.annotation_file = Path(source_name if source_name is not None else default_name)
         self.image_dir = Path(image_dir)
-        self.coco = load_coco(annotation_file)
+        self.coco = load_coco(annotation_file, None if source_name is None else str(source_name))
         if not self.image_dir.is_dir():
             raise DataError(f"{self.image_dir}: image directory not found")
-        self.categories = CategoryMap.from_coco(self.coco)
+        every_category = CategoryMap.from_coco(self.coco)
+        self.categories = every_category
+        if classes is not None:
+            try:
+                self.categories = every_category.select(classes)
+            except DataError as error:
+                raise DataError(f"{self.annotation_file}: {error}") from None
+        other_ids = set(every_category.category_ids) - set(self.categories.category_ids)
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -216,7 +331,7 @@ class CocoDetection(Dataset):
             anns = self.coco.imgToAnns.get(image_id, [])
             if not width or not height:  # unknown size: clip later, at read time
                 width = height = float("inf")
-            boxes, labels, crowd = sanitize_boxes(anns, width, height, self.categories, self.stats)
+            boxes, labels, crowd = sanitize_boxes(anns, width, height, self.categories, self.stats, other_ids)
             self.stats.empty_images += int(len(labels) == 0)
             self.records.append(
                 Record(
@@ -338,6 +453,123 @@ def collate(samples: list[dict]) -> Batch:
         sizes=torch.tensor([s["size"] for s in samples], dtype=torch.int64).reshape(-1, 2),
         skipped=skipped,
     )
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (shuffled per epoch from ``seed``) that can start mid-epoch."""
+
+    start_index = 0
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.start_index :])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.start_index
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a run's data comes from.
+
+    ``kind`` is ``"coco"`` (``train_ann``/``train_images``/``val_ann``/``val_images``: COCO json +
+    image directory per split), ``"yolo"`` (``yaml``: an Ultralytics ``data.yaml``, see
+    :mod:`train.yolo`) or ``"embedded"`` (``synthetic``: the generated shapes set, cached in
+    ``cache``, default :func:`train.synthetic.default_cache_dir`).
+    """
+
+    kind: str
+    train_ann: str | None = None
+    train_images: str | None = None
+    val_ann: str | None = None
+    val_images: str | None = None
+    yaml: str | None = None
+    synthetic: SyntheticSpec | None = None
+    cache: str | None = None
+
+    def describe(self, split: str) -> str:
+        """What to call a split in messages: its annotation file, or ``data.yaml [split]``."""
+        if self.kind == "yolo":
+            return f"{self.yaml} [{split}]"
+        if self.kind == "embedded":
+            paths = dataset_paths(Path(self.cache or default_cache_dir()) / (self.synthetic or SyntheticSpec()).name)
+            return str(getattr(paths, f"{split}_ann"))
+        return str(getattr(self, f"{split}_ann"))
+
+
+def open_datasets(
+    source: DataSource,
+    dist_info,
+    classes: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    train: bool = True,
+) -> tuple[CocoDetection | None, CocoDetection]:
+    """The training set (``None`` unless ``train``) and the validation set of ``source``.
+
+    The embedded set is generated by local rank 0 while the other ranks wait; progress bars show
+    on the main rank only. ``classes`` restricts both sets (see :class:`CocoDetection`).
+
+    Raises:
+        DataError: a file is missing or unusable, or the two splits have different categories.
+    """
+    progress = progress and dist_info.is_main
+    if source.kind == "yolo":
+        from .yolo import yolo_detection  # imports this module
+
+        def open_split(split, split_seed):
+            return yolo_detection(source.yaml, split, seed=split_seed, classes=classes, progress=progress)
+    else:
+        if source.kind == "embedded":
+            spec = source.synthetic or SyntheticSpec()
+            if dist_info.local_rank == 0:
+                ensure_dataset(spec, source.cache, progress=progress)
+            distributed.barrier()
+            paths = {k: str(v) for k, v in vars(ensure_dataset(spec, source.cache)).items()}
+        elif source.kind == "coco":
+            paths = {k: getattr(source, k) for k in ("train_ann", "train_images", "val_ann", "val_images")}
+        else:
+            raise ValueError(f"unknown data source kind {source.kind!r}")
+
+        def open_split(split, split_seed):
+            return CocoDetection(paths[f"{split}_ann"], paths[f"{split}_images"], seed=split_seed, classes=classes)
+
+    train_set = open_split("train", seed) if train else None
+    val_set = open_split("val", 0)
+    if train_set is not None and train_set.categories != val_set.categories:
+        raise DataError(
+            f"{source.describe('train')} and {source.describe('val')} have different categories "
+            f"({', '.join(train_set.categories.names)} vs {', '.join(val_set.categories.names)})"
+        )
+    return train_set, val_set
+
+
+def build_loaders(
+    train_set: Dataset | None,
+    val_set: Dataset,
+    batch_size: int,
+    workers: int,
+    dist_info,
+    device: torch.device,
+    seed: int = 0,
+) -> tuple[DataLoader | None, DataLoader]:
+    """DataLoaders: training shuffled per epoch across ranks (:class:`ResumableSampler`, its
+    ``set_epoch`` and ``start_index`` for resuming mid-epoch), validation sharded by rank in order.
+    """
+    common = {
+        "collate_fn": collate,
+        "num_workers": workers,
+        "pin_memory": device.type == "cuda",
+        "worker_init_fn": worker_init,
+        "persistent_workers": workers > 0,
+    }
+    train_loader = None
+    if train_set is not None:
+        sampler = ResumableSampler(train_set, dist_info.world_size, dist_info.rank, seed=seed)
+        drop_last = len(sampler) >= batch_size
+        train_loader = DataLoader(train_set, batch_size, sampler=sampler, drop_last=drop_last, **common)
+    shard = list(range(dist_info.rank, len(val_set), dist_info.world_size))
+    val_loader = DataLoader(val_set, batch_size, sampler=shard, **common)
+    return train_loader, val_loader
 
 
 def worker_init(_worker_id: int):
