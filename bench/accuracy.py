@@ -83,10 +83,11 @@ from ssdlite import PRESETS, build_model
 from ssdlite.anchors import feature_map_sizes, generate_anchors
 from ssdlite.loss import BACKGROUND, SSDLoss
 from ssdlite.postprocess import Detections
-from train.coco import RECIPES, param_groups
 from train.data import CocoDetection, collate, worker_init
-from train.engine import evaluate, warmup_cosine
-from train.evaluation import CocoEvaluator
+from train.engine import evaluate
+from train.evaluation import CocoEvaluator, EvalResult
+from train.optim import param_groups, warmup_cosine
+from train.recipes import RECIPES
 from train.synthetic import SyntheticSpec, ensure_dataset
 from train.transforms import build_transform
 
@@ -162,8 +163,8 @@ class OursNet:
     def __call__(self, images):
         return self.module(images.float())
 
-    def evaluate(self, module, loader, evaluator):
-        evaluate(module, loader, torch.device("cpu"), evaluator, progress=False)
+    def evaluate(self, module, loader, evaluator) -> EvalResult:
+        return evaluate(module, loader, torch.device("cpu"), evaluator, progress=False).result
 
 
 class TorchvisionNet:
@@ -183,13 +184,14 @@ class TorchvisionNet:
         outputs = self.module.head(features)
         return outputs["bbox_regression"], outputs["cls_logits"]
 
-    def evaluate(self, module, loader, evaluator):
+    def evaluate(self, module, loader, evaluator) -> EvalResult:
         module.eval()
         with torch.inference_mode():
             for batch in loader:
                 outputs = module(list((batch.images.float() / 255).unbind(0)))
                 detections = [Detections(o["boxes"] / self.size, o["scores"], o["labels"]) for o in outputs]
                 evaluator.update(batch.image_ids, batch.sizes, detections)
+        return evaluator.summarize()
 
 
 def build_net(arm: Arm, args, num_classes: int):
@@ -250,7 +252,7 @@ def run_arm(arm: Arm, seed: int, args) -> dict:
     net = build_net(arm, args, dataset.categories.num_classes)
     criterion = Criterion(arm, net.size)
     model = net.module
-    optimizer = torch.optim.AdamW(param_groups(model, RECIPES["embedded"]["weight_decay"]), lr=args.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, RECIPES["embedded"].weight_decay), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(args.steps, args.steps // 20))
     model.train()
     start = time.perf_counter()
@@ -264,8 +266,8 @@ def run_arm(arm: Arm, seed: int, args) -> dict:
     seconds = time.perf_counter() - start
     loader = DataLoader(val_set, 32, num_workers=args.workers, collate_fn=collate, worker_init_fn=worker_init)
     evaluator = CocoEvaluator(val_set.coco, val_set.categories.label_to_category_id)
-    net.evaluate(model, loader, evaluator)
-    return {"arm": arm.name, "seed": seed, "train_seconds": seconds, "stats": evaluator.summarize().stats}
+    stats = net.evaluate(model, loader, evaluator).stats
+    return {"arm": arm.name, "seed": seed, "train_seconds": seconds, "stats": stats}
 
 
 def mean_and_error(values: list[float]) -> tuple[float, float]:
@@ -315,8 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--width-mult", type=float, default=1.0)
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=RECIPES["embedded"]["base_lr"] * 16 / 256)
-    parser.add_argument("--image-size", type=int, default=RECIPES["embedded"]["image_size"])
+    parser.add_argument("--lr", type=float, default=RECIPES["embedded"].lr_for(16))
+    parser.add_argument("--image-size", type=int, default=RECIPES["embedded"].image_size)
     parser.add_argument("--tv-size", type=int, help="torchvision's input size (default: --image-size)")
     parser.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1)), help="runs in parallel")
     parser.add_argument("--workers", type=int, default=0, help="data-loader workers per run")

@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 
-from ssdlite import build_model, load_checkpoint, save_checkpoint
 from ssdlite.postprocess import Detections
 from train import coco as train_coco
 from train.data import CategoryMap, CocoDetection, collate
@@ -254,50 +253,6 @@ def test_missing_image_dir_and_data_dir_give_clear_cli_messages(tmp_path, capsys
 def test_category_map_from_unsorted_categories():
     categories = CategoryMap((1, 5), ("a", "b"))
     assert categories.to_label(5) == 2 and categories.to_category_id(2) == 5
-
-
-# ---------------------------------------------------------------------------------------------
-# --init: fine-tuning from another checkpoint
-# ---------------------------------------------------------------------------------------------
-
-
-def _tf_style_checkpoint(path, class_names):
-    torch.manual_seed(1)
-    model = build_model("ssdlite300_mobilenet_v2_tf", num_classes=len(class_names) + 1, width_mult=0.35, image_size=96)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    save_checkpoint(path, model, class_names)
-    return model
-
-
-def test_init_loads_backbone_extras_and_box_head_and_resets_class_predictors(tmp_path):
-    source = _tf_style_checkpoint(tmp_path / "person.pt", ["person"])
-    model, reinitialised = train_coco.model_from_init(str(tmp_path / "person.pt"), ["car", "bus", "bike"], None)
-    assert model.config.num_classes == 4 and model.config.anchor_style == "tf" and model.config.image_size == 96
-    assert len(reinitialised) == 2 * len(model.class_head.predictors)
-    ours, theirs = model.state_dict(), source.state_dict()
-    for key, value in ours.items():
-        if key in reinitialised:
-            assert value.shape != theirs[key].shape or not torch.equal(value, theirs[key])
-        else:
-            assert torch.equal(value, theirs[key]), key  # backbone, extras, box head, class-head depthwise
-
-    same, reinitialised = train_coco.model_from_init(str(tmp_path / "person.pt"), ["person"], 128)
-    assert reinitialised == [] and same.config.image_size == 128
-    assert all(torch.equal(v, theirs[k]) for k, v in same.state_dict().items())
-
-
-def test_init_by_zoo_name_fine_tunes_the_converted_person_detector(person_checkpoint):
-    person = load_checkpoint(person_checkpoint)[0].state_dict()
-    model, reinitialised = train_coco.model_from_init("tf-pedestrian", ["cat", "dog"], None)
-    assert model.config.num_classes == 3 and model.config.anchor_style == "tf" and model.config.image_size == 300
-    assert all(torch.equal(v, person[k]) for k, v in model.state_dict().items() if k not in reinitialised)
-
-    kept, reinitialised = train_coco.model_from_init("tf-pedestrian", ["person"], None)
-    assert reinitialised == [] and all(torch.equal(v, person[k]) for k, v in kept.state_dict().items())
-    with pytest.raises(train_coco.UsageError, match="model zoo could not provide it.*unknown model"):
-        train_coco.model_from_init("no-such-model", ["a"], None)
 
 
 def test_detections_are_scaled_to_each_original_image():

@@ -63,6 +63,10 @@ def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def is_main_process() -> bool:
+    return not _active() or dist.get_rank() == 0
+
+
 def barrier():
     if _active():
         dist.barrier()

@@ -1,6 +1,5 @@
-"""One training epoch and one evaluation pass, plus the EMA of the weights and the LR schedule."""
+"""One training epoch and one evaluation pass (inference, gathering across ranks, COCO scores)."""
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -14,49 +13,10 @@ from ssdlite.postprocess import postprocess
 
 from . import distributed
 from .data import Batch
-from .evaluation import CocoEvaluator
+from .evaluation import CocoEvaluator, EvalResult
+from .optim import ModelEMA
 
 LOG_EVERY = 10  # steps between host syncs for the progress bar
-
-
-class ModelEMA:
-    """Exponential moving average of a model's weights (and BatchNorm statistics).
-
-    The decay ramps up as ``decay * (1 - exp(-updates / warmup))`` so early, poor weights fade
-    quickly; ``updates`` is saved with the checkpoint for an exact resume.
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.9998, warmup: float = 2000):
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
-        self.decay = decay
-        self.warmup = warmup
-        self.updates = 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module):
-        self.updates += 1
-        decay = self.decay * (1 - math.exp(-self.updates / self.warmup))
-        current = model.state_dict()
-        floats, targets = [], []
-        for name, value in self.module.state_dict().items():
-            if value.dtype.is_floating_point:
-                floats.append(value)
-                targets.append(current[name].detach())
-            else:
-                value.copy_(current[name])
-        torch._foreach_lerp_(floats, targets, 1 - decay)
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int, warmup_factor: float = 0.001, final_factor: float = 0.01):
-    """LR multiplier per step: linear warm-up from ``warmup_factor``, then cosine to ``final_factor``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return warmup_factor + (1 - warmup_factor) * step / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return final_factor + (1 - final_factor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
 
 
 @dataclass
@@ -174,6 +134,17 @@ def train_one_epoch(
     return result
 
 
+@dataclass
+class Evaluation:
+    """One evaluation pass: ``result`` (on the main process only; ``None`` elsewhere)."""
+
+    result: EvalResult | None
+    detections: list[dict]  # COCO results (original category ids, [x, y, w, h]), every rank's
+    skipped: list[str]  # unreadable images, every rank's
+    seconds: float
+    images: int
+
+
 @torch.inference_mode()
 def evaluate(
     model: nn.Module,
@@ -184,23 +155,24 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     progress: bool = True,
-) -> list[str]:
-    """Runs batched inference over ``loader`` into ``evaluator``; returns the skipped images.
+) -> Evaluation:
+    """Runs batched inference over ``loader``, gathers every rank's detections and scores them.
 
-    Under DDP each rank evaluates its own shard; call ``evaluator.synchronize_between_processes``
-    afterwards.
+    Under DDP each rank evaluates its own shard; the main process computes the COCO numbers.
     """
     model.eval()
     config = model.config
     anchors = model.anchors
-    skipped = []
+    skipped, images = [], 0
+    start = time.perf_counter()
     for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True, leave=False):
         skipped += batch.skipped
         if len(batch) == 0:
             continue
-        images = to_model_input(batch.images, device, channels_last)
+        images += len(batch)
+        inputs = to_model_input(batch.images, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            box_regression, class_logits = model(images)
+            box_regression, class_logits = model(inputs)
         detections = postprocess(
             box_regression.float(),
             class_logits.float(),
@@ -213,4 +185,8 @@ def evaluate(
             candidates_per_image=config.candidates_per_image,
         )
         evaluator.update(batch.image_ids, batch.sizes, detections)
-    return skipped
+    evaluator.synchronize_between_processes()
+    skipped = [s for part in distributed.all_gather_object(skipped) for s in part]
+    images = sum(distributed.all_gather_object(images))
+    result = evaluator.summarize() if distributed.is_main_process() else None
+    return Evaluation(result, evaluator.results, skipped, time.perf_counter() - start, images)

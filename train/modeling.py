@@ -1,0 +1,76 @@
+"""The model a run trains: a preset (from scratch or on an ImageNet backbone), a checkpoint to
+fine-tune with its class predictors re-initialised when the classes differ, or a resumed run's
+architecture."""
+
+import dataclasses
+
+import torch
+
+from ssdlite import SSDLite, SSDLiteConfig, build_model, zoo
+from ssdlite.checkpoint import CheckpointError, read_checkpoint
+
+from .config import TrainConfig, UsageError
+
+
+@dataclasses.dataclass
+class TrainModel:
+    model: SSDLite
+    reinitialised: list[str]  # parameters that start fresh ("class_head" for a whole new model)
+    origin: str  # what the weights start from, for the log
+
+
+def build_train_model(config: TrainConfig, class_names: list[str], resume: dict | None = None) -> TrainModel:
+    """The model for ``config`` predicting ``class_names`` (plus background)."""
+    torch.manual_seed(config.seed)
+    if resume:  # the architecture as trained (an --init checkpoint need not exist any more)
+        return TrainModel(SSDLite(SSDLiteConfig.from_dict(resume["config"])), [], f"resumed {resume['path']}")
+    if config.init:
+        return model_from_init(config.init, class_names, config.image_size)
+    names = ("image_size", "width_mult", "min_scale")
+    overrides = {k: getattr(config, k) for k in names if getattr(config, k) is not None}
+    model = build_model(
+        config.model, num_classes=len(class_names) + 1, backbone_weights=config.backbone_weights, **overrides
+    )
+    origin = f"{config.model}, backbone {model.backbone_weights or 'from scratch'}"
+    return TrainModel(model, ["class_head"], origin)
+
+
+def model_from_init(init: str, class_names: list[str], image_size: int | None) -> TrainModel:
+    """Builds a model from a zoo name or checkpoint path for fine-tuning on ``class_names``.
+
+    Backbone, extras, box head and the class head's depthwise layers load as they are; the class
+    head's final 1x1 predictors are re-initialised unless the checkpoint has the same classes.
+    """
+    try:
+        path = zoo.resolve(init)
+    except zoo.ZooError as error:
+        raise UsageError(f"--init {init}: {error}") from None
+    payload = read_checkpoint(path)
+    try:
+        config = SSDLiteConfig.from_dict(payload["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: checkpoint does not describe a valid model ({error})") from None
+    overrides = {"num_classes": len(class_names) + 1}
+    if image_size:
+        overrides["image_size"] = image_size
+    model = SSDLite(dataclasses.replace(config, **overrides))
+    state = dict(payload["model"])
+    reinitialised = []
+    if list(payload["class_names"]) != list(class_names):
+        for i in range(len(model.class_head.predictors)):
+            for name in ("weight", "bias"):
+                key = f"class_head.predictors.{i}.1.{name}"
+                state.pop(key, None)
+                reinitialised.append(key)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if set(missing) != set(reinitialised) or unexpected:
+        raise CheckpointError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
+    return TrainModel(model, reinitialised, f"{init} ({path})")
+
+
+def init_class_prior(model: SSDLite, prior: float = 0.01):
+    """Focal-loss start: every class predictor says ``prior`` for each object class."""
+    bias = -torch.log(torch.tensor((1 - prior) / prior))
+    with torch.no_grad():
+        for predictor in model.class_head.predictors:
+            predictor[-1].bias.fill_(bias)
