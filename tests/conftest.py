@@ -55,3 +55,13 @@ def coco128() -> Path:
     if not (root / "annotations" / "instances_train2017.json").is_file() or not (root / "train2017").is_dir():
         pytest.skip(f"{root}: coco128 not present")
     return root
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    """An empty ``$TORCH_HOME``; returns the hub's ``checkpoints`` folder (not created)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # as if torch.hub.set_dir had never been called
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    assert torch.hub.get_dir() == str(checkpoints.parent)
+    return checkpoints

@@ -29,16 +29,6 @@ CASES = {
 }
 
 
-@pytest.fixture
-def torch_home(tmp_path, monkeypatch):
-    """An empty ``$TORCH_HOME``; returns the hub's ``checkpoints`` folder (not created)."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # as if torch.hub.set_dir had never been called
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
-    assert torch.hub.get_dir() == str(checkpoints.parent)
-    return checkpoints
-
-
 def torchvision_classifier(name: str, seed: int = 0) -> nn.Module:
     """A torchvision ImageNet classifier with random weights and non-trivial BN statistics."""
     torch.manual_seed(seed)

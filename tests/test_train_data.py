@@ -274,3 +274,21 @@ def test_detections_are_scaled_to_each_original_image():
         torch.tensor([1]), torch.tensor([[100, 200]]), [Detections(boxes, torch.tensor([0.5]), torch.tensor([1]))]
     )
     assert evaluator.results[0]["bbox"] == [20.0, 10.0, 100.0, 50.0]
+
+
+def test_training_sampler_shuffles_per_epoch_and_resumes_mid_epoch():
+    """Seed 0 once reached DistributedSampler's ``shuffle`` argument: the data was never shuffled."""
+    from train.data import build_loaders
+    from train.distributed import DistInfo
+
+    dataset = list(range(40))
+    train_loader, _ = build_loaders(dataset, dataset, 8, 0, DistInfo(), torch.device("cpu"), seed=0)
+    sampler = train_loader.sampler
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert sorted(first) == dataset and first != dataset
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    sampler.start_index = 16
+    assert list(sampler) == first[16:] and len(sampler) == 24

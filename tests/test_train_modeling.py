@@ -1,11 +1,15 @@
 """The trainer's model setup (--init fine-tuning, backbone weights) and its frozen config."""
 
 import dataclasses
+import os
+import urllib.error
 
 import pytest
 import torch
+import torchvision
 
 from ssdlite import build_model, load_checkpoint, save_checkpoint
+from ssdlite.model import IMAGENET_MEAN
 from train.config import TrainConfig, UsageError, parse_args, resolve_config
 from train.modeling import build_train_model, model_from_init
 
@@ -112,3 +116,58 @@ def test_build_train_model_puts_imagenet_weights_only_into_the_backbone(monkeypa
         "width_mult": 0.35,
     }
     assert built.reinitialised == ["class_head"] and "backbone loaded x.pth" in built.origin
+
+
+def tiny_coco(tmp_path) -> list[str]:
+    """A COCO-format dataset of 8 random 64x48 images with one box each; its --train/--val arguments."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    images = [{"id": i, "file_name": f"{i}.png", "width": 64, "height": 48} for i in range(1, 9)]
+    for image in images:
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / image["file_name"]
+        )
+    annotations = [{"id": i, "image_id": i, "category_id": 1, "bbox": [8, 8, 30, 20]} for i in range(1, 9)]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "x"}]}))
+    images_dir = str(tmp_path / "images")
+    return ["--train-ann", str(ann), "--train-images", images_dir, "--val-ann", str(ann), "--val-images", images_dir]
+
+
+SMALL_RUN = ["--model", "ssdlite320_mobilenet_v3_small", "--image-size", "96", "--epochs", "1", "--batch-size", "4"]
+SMALL_RUN += ["--workers", "0", "--no-progress", "--augment", "none"]
+
+
+def test_train_cli_starts_from_imagenet_weights_in_the_torch_hub_cache(tmp_path, torch_home, capsys):
+    """Real data defaults to --backbone-weights imagenet; the checkpoint records ImageNet's mean/std and eps."""
+    from tests.test_backbone_weights import save_to_cache, torchvision_classifier
+    from train import coco as train_coco
+
+    classifier = torchvision_classifier("mobilenet_v3_small")
+    save_to_cache(classifier, torchvision.models.MobileNet_V3_Small_Weights, torch_home)
+    out_dir = tmp_path / "out"
+    assert train_coco.main([*tiny_coco(tmp_path), *SMALL_RUN, "--output-dir", str(out_dir)]) == 0
+    log = capsys.readouterr().out
+    assert "backbone torchvision MobileNet_V3_Small_Weights.IMAGENET1K_V1 (67.668% ImageNet top-1)" in log
+    model, _ = load_checkpoint(out_dir / "last.pt")
+    assert model.config.mean == IMAGENET_MEAN and model.config.bn_eps == 1e-3
+
+
+def test_train_cli_offline_names_the_url_and_the_cache_file_in_one_line(tmp_path, torch_home, monkeypatch, capsys):
+    from train import coco as train_coco
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    assert train_coco.main([*tiny_coco(tmp_path), *SMALL_RUN, "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    url = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1.url
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"error: cannot download {url}") and "Traceback" not in err
+    assert str(torch_home / os.path.basename(url)) in line and "--backbone-weights none" in line
