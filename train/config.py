@@ -224,8 +224,9 @@ def resolve_config(args: argparse.Namespace, explicit: frozenset[str], world_siz
     if args.eval_only and classes:
         raise UsageError("--classes applies to training; --eval-only scores the classes the model and data share")
     batch_size = pick("batch_size")
-    backbone_weights = None if args.init else parse_backbone_weights(pick("backbone_weights"))
-    if backbone_weights and not args.resume:  # refuse v1, other widths... before any data is read
+    # A resumed run's weights come from its checkpoint, an --init run's from its source model.
+    backbone_weights = None if args.init or args.resume else parse_backbone_weights(pick("backbone_weights"))
+    if backbone_weights:  # refuse v1, other widths... before any data is read
         try:
             preset = get_config(pick("model"))
         except ValueError as error:
