@@ -29,7 +29,7 @@ from ssdlite.images import read_image
 from ssdlite.loss import pad_targets
 
 from . import distributed
-from .synthetic import SyntheticSpec, dataset_paths, default_cache_dir, ensure_dataset
+from .synthetic import SyntheticSpec, dataset_paths, dataset_root, ensure_dataset
 
 
 class DataError(ValueError):
@@ -491,8 +491,8 @@ class DataSource:
         if self.kind == "yolo":
             return f"{self.yaml} [{split}]"
         if self.kind == "embedded":
-            paths = dataset_paths(Path(self.cache or default_cache_dir()) / (self.synthetic or SyntheticSpec()).name)
-            return str(getattr(paths, f"{split}_ann"))
+            spec = self.synthetic or SyntheticSpec()
+            return str(getattr(dataset_paths(dataset_root(spec, self.cache)), f"{split}_ann"))
         return str(getattr(self, f"{split}_ann"))
 
 

@@ -71,6 +71,11 @@ def default_cache_dir() -> Path:
     return cache / "ssdlite" / "datasets"
 
 
+def dataset_root(spec: SyntheticSpec, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where ``spec``'s dataset lives in the cache, generated or not."""
+    return Path(cache_dir or default_cache_dir()) / spec.name
+
+
 def dataset_paths(root: Path) -> SyntheticPaths:
     return SyntheticPaths(
         root / "annotations" / "instances_train.json",
@@ -88,7 +93,7 @@ def ensure_dataset(
     Generation writes into a temporary directory that is renamed into place at the end, so an
     interrupted run never leaves a half-written dataset behind.
     """
-    root = Path(cache_dir or default_cache_dir()) / spec.name
+    root = dataset_root(spec, cache_dir)
     paths = dataset_paths(root)
     if paths.val_ann.is_file() and paths.train_ann.is_file():
         return paths

@@ -54,7 +54,6 @@ class YoloSplit:
     dataset: dict  # COCO instances dict: images, annotations, categories
     image_root: Path  # the images' file_name entries are relative to it (or absolute)
     source: Path  # the data.yaml
-    split: str
     notes: list[str] = field(default_factory=list)  # warnings, each a whole message
 
 
@@ -318,7 +317,7 @@ def load_yolo(data_yaml: str | os.PathLike, split: str, progress: bool = True, w
         raise DataError(f"{config.path}: none of the {len(images)} images of the '{split}' split can be read")
     categories = [{"id": i + 1, "name": name, "supercategory": ""} for i, name in enumerate(config.names)]
     dataset = {"images": entries, "annotations": annotations, "categories": categories}
-    return YoloSplit(dataset, config.root, config.path, split, notes)
+    return YoloSplit(dataset, config.root, config.path, notes)
 
 
 def _note(headline: str, items: list[str]) -> str:
