@@ -2,18 +2,24 @@
 
 ``python -m bench.latency [--iterations N] [--threads T]``: a 640x480 RGB uint8 array in,
 detections out, for ``ssdlite320_mobilenet_v2`` (91 classes) on the torch and ONNX Runtime
-backends and for torchvision's ``ssdlite320_mobilenet_v3_large`` through its ``model([img])``
-call. Both models get background-dominant class biases so NMS sees trained-like scores.
+backends (float32, and INT8 calibrated on the repository's two test photos, through
+``Detector.predict`` and as an end-to-end graph run with onnxruntime + numpy alone) and for
+torchvision's ``ssdlite320_mobilenet_v3_large`` through its ``model([img])`` call. Both models get
+background-dominant class biases so NMS sees trained-like scores.
 """
 
 import argparse
 
+import cv2
 import numpy as np
 import torch
 import torchvision
 
 from ssdlite import PRESETS, Detector, build_model
-from ssdlite.export import OnnxRuntimeBackend, export_onnx
+from ssdlite.backends import OnnxRuntimeBackend, onnxruntime_session
+from ssdlite.export import export_onnx
+from ssdlite.images import SAMPLE_PHOTOS
+from ssdlite.quantize import load_calibration_images
 
 from .common import (
     count_parameters,
@@ -25,6 +31,8 @@ from .common import (
 )
 
 NUM_CLASSES = 91
+TORCHVISION = "torchvision ssdlite320_mobilenet_v3_large"
+FLOAT_ORT = "ours onnxruntime float32"
 
 
 def our_model(name: str = "ssdlite320_mobilenet_v2"):
@@ -42,6 +50,16 @@ def torchvision_model():
     return model
 
 
+def end_to_end_detect(session, image: np.ndarray, size: int):
+    """What the README shows for an ``--end-to-end`` export: onnxruntime and numpy, nothing else."""
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    batch = resized.transpose(2, 0, 1)[None].astype(np.float32)
+    boxes, scores, labels, counts = session.run(None, {"images": batch})
+    n = counts[0]
+    height, width = image.shape[:2]
+    return boxes[0, :n] * [width, height, width, height], scores[0, :n], labels[0, :n]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=100)
@@ -55,9 +73,17 @@ def main(argv: list[str] | None = None) -> dict:
     class_names = [f"class{i}" for i in range(1, NUM_CLASSES)]
 
     model = our_model()
-    ours_torch = Detector.from_model(model, class_names)
-    runtime = OnnxRuntimeBackend(export_onnx(model, class_names), threads=args.threads)
-    ours_onnx = Detector(runtime, model.config, class_names)
+    size = model.config.image_size
+    calibration = load_calibration_images(SAMPLE_PHOTOS, model.config).images
+    float_onnx = export_onnx(model, class_names)
+    int8_onnx = export_onnx(model, class_names, calibration=calibration)
+    int8_end_to_end = onnxruntime_session(export_onnx(model, class_names, calibration=calibration, end_to_end=True),
+                                          args.threads)
+    detectors = {
+        "ours torch float32": Detector.from_model(model, class_names),
+        FLOAT_ORT: Detector(OnnxRuntimeBackend(float_onnx, args.threads), model.config, class_names),
+        "ours onnxruntime int8": Detector(OnnxRuntimeBackend(int8_onnx, args.threads), model.config, class_names),
+    }
     tv_model = torchvision_model()
 
     @torch.inference_mode()
@@ -65,18 +91,26 @@ def main(argv: list[str] | None = None) -> dict:
         tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
         return tv_model([tensor])
 
-    candidates = {
-        "ours (onnxruntime)": lambda: ours_onnx.predict(image),
-        "ours (torch)": lambda: ours_torch.predict(image),
-        "torchvision ssdlite320_mobilenet_v3_large": run_torchvision,
-    }
-    results = {name: time_call(fn, args.iterations) for name, fn in candidates.items()}
-    baseline = results["torchvision ssdlite320_mobilenet_v3_large"]["p50"]
+    candidates = {name: (lambda d=detector: d.predict(image)) for name, detector in detectors.items()}
+    candidates["ours int8 end-to-end graph (onnxruntime + numpy)"] = lambda: end_to_end_detect(
+        int8_end_to_end, image, size
+    )
+    candidates[TORCHVISION] = run_torchvision
+    results = {}
+    for name, fn in candidates.items():
+        # ONNX Runtime rows run as the service runs them: torch (resize, postprocess) on one
+        # thread, so its pool does not fight ONNX Runtime's for the cores.
+        torch.set_num_threads(args.threads if "torch" in name else 1)
+        results[name] = time_call(fn, args.iterations)
+    torch.set_num_threads(args.threads)
+    baseline, float_p50 = results[TORCHVISION]["p50"], results[FLOAT_ORT]["p50"]
     print(f"640x480 RGB -> detections, {args.threads} threads, {args.iterations} runs, {machine_description()}")
-    print(f"{'model':45s} {'p50 ms':>8s} {'p95 ms':>8s} {'speed-up vs torchvision (p50)':>30s}")
+    print(f"{'model':50s} {'p50 ms':>7s} {'p95 ms':>7s} {'vs torchvision (p50)':>21s} {'vs float ORT (p50)':>19s}")
     for name, r in results.items():
         r["speedup_vs_torchvision"] = baseline / r["p50"]
-        print(f"{name:45s} {r['p50']:8.1f} {r['p95']:8.1f} {r['speedup_vs_torchvision']:29.2f}x")
+        r["time_vs_float_onnxruntime"] = r["p50"] / float_p50
+        print(f"{name:50s} {r['p50']:7.1f} {r['p95']:7.1f} {r['speedup_vs_torchvision']:20.2f}x "
+              f"{r['time_vs_float_onnxruntime']:18.2f}x")
     if args.all_presets:
         print(f"\nevery preset on onnxruntime ({NUM_CLASSES} classes):")
         print(f"{'preset':33s} {'input':>5s} {'params':>7s} {'MAdds':>6s} {'p50 ms':>8s} {'p95 ms':>8s}")
@@ -93,7 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{name:33s} {size:5d} {timing['params'] / 1e6:6.2f}M {timing['multiply_adds'] / 1e9:5.2f}B "
                 f"{timing['p50']:8.1f} {timing['p95']:8.1f}"
             )
-    detections = {"ours": len(ours_onnx.predict(image)), "torchvision": len(run_torchvision()[0]["boxes"])}
+    detections = {
+        "ours float32": len(detectors[FLOAT_ORT].predict(image)),
+        "ours int8 end-to-end": len(end_to_end_detect(int8_end_to_end, image, size)[1]),
+        "torchvision": len(run_torchvision()[0]["boxes"]),
+    }
     print(f"detections returned on the benchmark image: {detections}")
     write_json(args.json, results)
     return results

@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ssdlite.images import SAMPLE_PHOTOS
+
 from .common import machine_description, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTO = ROOT / "tests" / "fixtures" / "images" / "grace_hopper.jpg"
+PHOTO = SAMPLE_PHOTOS / "grace_hopper.jpg"
 BOUNDARY = "ssdlitebenchboundary"
 
 

@@ -8,8 +8,10 @@ from .settings import Settings
 
 def resolve_backend(settings: Settings) -> tuple[str, str]:
     """(backend, device): torch on CUDA when a GPU is there and allowed, else onnxruntime on the CPU."""
+    from ssdlite.zoo import is_onnx
+
     backend, device = settings.backend, settings.device
-    if settings.model.endswith(".onnx") or backend == "onnxruntime" or (backend == "auto" and device == "cpu"):
+    if is_onnx(settings.model) or backend == "onnxruntime" or (backend == "auto" and device == "cpu"):
         return "onnxruntime", "cpu"
     import torch
 
@@ -52,14 +54,13 @@ def warm_up(detector, max_batch_size: int):
 
 
 def describe(detector, settings: Settings) -> ModelInfo:
-    backend = {"OnnxRuntimeBackend": "onnxruntime", "TorchBackend": "torch"}.get(
-        type(detector.forward).__name__, "custom"
-    )
+    backend = detector.backend
     return ModelInfo(
         name=settings.model,
         classes=detector.class_names,
         input_size=detector.config.image_size,
-        backend=backend,
+        backend=getattr(backend, "name", "custom"),
+        precision=getattr(backend, "precision", "float32"),
         device=str(detector.device),
         max_batch_size=settings.max_batch_size,
         score_threshold=settings.score_threshold,

@@ -44,6 +44,7 @@ class ModelInfo(BaseModel):
     classes: list[str]
     input_size: int
     backend: str
+    precision: str = Field(description='"float32" or "int8" (an INT8 export)')
     device: str
     max_batch_size: int
     score_threshold: float

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 # exp() of a larger log-scale would overflow float16/bfloat16 and is never a real box.
-_MAX_LOG_SCALE = 4.135  # log(1000 / 16), as in torchvision
+MAX_LOG_SCALE = 4.135  # log(1000 / 16), as in torchvision
 
 
 def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
@@ -50,8 +50,8 @@ def decode_boxes(deltas: Tensor, anchors: Tensor, weights: tuple[float, float, f
     anchors = anchors.to(deltas.dtype)
     cx = deltas[..., 0] / wx * anchors[:, 2] + anchors[:, 0]
     cy = deltas[..., 1] / wy * anchors[:, 3] + anchors[:, 1]
-    w = torch.exp((deltas[..., 2] / ww).clamp(max=_MAX_LOG_SCALE)) * anchors[:, 2]
-    h = torch.exp((deltas[..., 3] / wh).clamp(max=_MAX_LOG_SCALE)) * anchors[:, 3]
+    w = torch.exp((deltas[..., 2] / ww).clamp(max=MAX_LOG_SCALE)) * anchors[:, 2]
+    h = torch.exp((deltas[..., 3] / wh).clamp(max=MAX_LOG_SCALE)) * anchors[:, 3]
     return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
 
 

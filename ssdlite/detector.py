@@ -2,7 +2,7 @@
 
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -10,10 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .backends import Backend, OnnxRuntimeBackend, TorchBackend
 from .model import SSDLite, SSDLiteConfig
 from .postprocess import postprocess
 
-RawForward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 BACKENDS = ("torch", "onnxruntime")
 
 
@@ -38,16 +38,17 @@ def to_rgb_array(image) -> np.ndarray:
     return image[:, :, :3]
 
 
-class TorchBackend:
-    """Eager PyTorch inference (channels_last, which is faster on CPU and GPU alike)."""
+def preprocess(
+    images: Sequence, image_size: int, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Resizes RGB images to ``image_size`` squared; returns ``[N, 3, S, S]`` float pixels and the (H, W) sizes.
 
-    def __init__(self, model: SSDLite, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
-        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(images.to(self.device, memory_format=torch.channels_last))
+    The one preprocessing of inference, INT8 calibration and (through the same cv2 resize) evaluation.
+    """
+    arrays = [to_rgb_array(image) for image in images]
+    resized = np.stack([cv2.resize(a, (image_size, image_size), interpolation=cv2.INTER_LINEAR) for a in arrays])
+    batch = torch.from_numpy(resized).to(device).permute(0, 3, 1, 2).float()
+    return batch, [a.shape[:2] for a in arrays]
 
 
 def _stderr(message: str):
@@ -58,16 +59,17 @@ class Detector:
     """Runs an SSDLite model end to end.
 
     Args:
-        forward: raw forward (``[N, 3, S, S]`` float pixels -> box regression, class logits).
+        backend: raw forward (``[N, 3, S, S]`` float pixels -> box regression, class logits); one of
+            :mod:`ssdlite.backends` or any callable.
         config: the model's config (input size, anchors, postprocessing defaults).
         class_names: names of labels 1..K-1.
         device: where pre- and postprocessing tensors live.
     """
 
-    def __init__(self, forward: RawForward, config: SSDLiteConfig, class_names: Sequence[str], device="cpu"):
+    def __init__(self, backend: Backend, config: SSDLiteConfig, class_names: Sequence[str], device="cpu"):
         from .anchors import generate_anchors
 
-        self.forward = forward
+        self.backend = backend
         self.config = config
         self.class_names = list(class_names)
         self.device = torch.device(device)
@@ -93,7 +95,7 @@ class Detector:
             threads: ONNX Runtime intra-op threads (default: all cores).
         """
         from .checkpoint import load_checkpoint
-        from .export import OnnxRuntimeBackend, export_onnx
+        from .export import export_onnx
 
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -117,11 +119,7 @@ class Detector:
 
     def preprocess(self, images: Sequence) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Resizes RGB images to the model size; returns ``[N, 3, S, S]`` float and (H, W) sizes."""
-        size = self.config.image_size
-        arrays = [to_rgb_array(image) for image in images]
-        resized = np.stack([cv2.resize(a, (size, size), interpolation=cv2.INTER_LINEAR) for a in arrays])
-        batch = torch.from_numpy(resized).to(self.device).permute(0, 3, 1, 2).float()
-        return batch, [a.shape[:2] for a in arrays]
+        return preprocess(images, self.config.image_size, self.device)
 
     def predict(self, image, **options) -> list[dict]:
         """Detects objects in one image; see :meth:`predict_batch` for the options."""
@@ -149,7 +147,7 @@ class Detector:
         if len(images) == 0:
             return []
         batch, sizes = self.preprocess(images)
-        box_regression, class_logits = self.forward(batch)
+        box_regression, class_logits = self.backend(batch)
         if classes is not None:
             class_logits = self._suppress_other_classes(class_logits.to(self.device), classes)
         config = self.config

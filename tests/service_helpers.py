@@ -17,9 +17,10 @@ from PIL import Image
 from bench.service import free_port, wait_until_ready
 from ssdlite import Detector, build_model, get_config, save_checkpoint
 from ssdlite.boxes import encode_boxes
+from ssdlite.images import SAMPLE_PHOTOS
 
 ROOT = Path(__file__).resolve().parents[1]
-PHOTOS = Path(__file__).parent / "fixtures" / "images"
+PHOTOS = SAMPLE_PHOTOS
 CLASS_NAMES = ["person", "car"]
 SMALL_BODY_LIMIT = 2_000_000  # what the shared served process runs with
 
@@ -48,7 +49,7 @@ def scripted_detector(box=(0.25, 0.5, 0.75, 1.0), delay: float = 0.0) -> Detecto
         n = batch.shape[0]
         return deltas.expand(n, -1, -1), logits.expand(n, -1, -1)
 
-    detector.forward = forward
+    detector.backend = forward
     return detector
 
 

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ssdlite import CheckpointError, Detector, build_model, load_checkpoint, save_checkpoint
-from ssdlite.export import OnnxRuntimeBackend, export_onnx
+from ssdlite.backends import OnnxRuntimeBackend
+from ssdlite.export import export_onnx
 from ssdlite.export import main as export_main
 
 from .conftest import randomize_batchnorm

@@ -10,7 +10,7 @@ from ssdlite import Detector, load_checkpoint
 from ssdlite.boxes import cxcywh_to_xyxy, pairwise_iou
 from ssdlite.convert.__main__ import main as convert_main
 from ssdlite.convert.tf_graph import ConversionError, convert_tf_graph
-from ssdlite.images import read_image
+from ssdlite.images import SAMPLE_PHOTOS, read_image
 from ssdlite.zoo import ZooError, fetch
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -59,7 +59,7 @@ def test_raw_outputs_match_tf(person_model, photo):
 @pytest.mark.parametrize("photo", PHOTOS)
 def test_detector_finds_the_same_people_as_tf(person_checkpoint, photo, backend):
     detector = Detector.from_checkpoint(person_checkpoint, backend=backend)
-    image = read_image(FIXTURES / "images" / f"{photo}.jpg")
+    image = read_image(SAMPLE_PHOTOS / f"{photo}.jpg")
     height, width = image.shape[:2]
     reference = tf_reference(photo)
     keep = reference["detection_scores"] > 0.5

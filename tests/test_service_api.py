@@ -267,6 +267,7 @@ def test_serves_a_checkpoint_path_with_onnxruntime(tmp_path):
     with TestClient(create_app(settings)) as client:
         info = client.get("/model").json()
         assert (info["backend"], info["name"], info["input_size"]) == ("onnxruntime", str(path), 160)
+        assert info["precision"] == "float32"
         response = client.post("/detect?score_threshold=0.01&max_detections=5", content=photo())
         assert response.status_code == 200
         detections = response.json()["detections"]
@@ -276,14 +277,20 @@ def test_serves_a_checkpoint_path_with_onnxruntime(tmp_path):
             assert 0 <= x1 <= x2 <= 512 and 0 <= y1 <= y2 <= 512 and det["label"] in ("person", "car")
 
 
-def test_serves_an_exported_onnx_file(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "int8"])
+def test_serves_an_exported_onnx_file(tmp_path, precision):
     from ssdlite import export_onnx, load_checkpoint
+    from ssdlite.images import SAMPLE_PHOTOS
+    from ssdlite.quantize import load_calibration_images
 
     model, class_names = load_checkpoint(small_checkpoint(tmp_path / "small.pt"))
     onnx_path = tmp_path / "small.onnx"
-    export_onnx(model, class_names, onnx_path)
+    calibration = load_calibration_images(SAMPLE_PHOTOS, model.config).images if precision == "int8" else None
+    export_onnx(model, class_names, onnx_path, calibration=calibration)
     with TestClient(create_app(Settings(model=str(onnx_path), backend="torch"))) as client:
-        assert client.get("/model").json()["backend"] == "onnxruntime"  # .onnx files always run there
+        info = client.get("/model").json()
+        assert info["backend"] == "onnxruntime"  # .onnx files always run there
+        assert info["precision"] == precision
         assert client.post("/detect", content=photo()).status_code == 200
 
 
@@ -305,6 +312,17 @@ def test_backend_choice(monkeypatch, backend, device, cuda, expected):
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     assert resolve_backend(Settings(backend=backend, device=device)) == expected
+
+
+@pytest.mark.parametrize("model", ["tf-pedestrian-int8", "/models/mine.onnx"])
+def test_onnx_models_run_on_onnxruntime_whatever_the_backend_setting(monkeypatch, model):
+    import torch
+
+    from service.model import resolve_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_backend(Settings(model=model, backend="auto")) == ("onnxruntime", "cpu")
+    assert resolve_backend(Settings(model="tf-pedestrian", backend="auto")) == ("torch", "cuda")
 
 
 def test_settings_come_from_the_environment(monkeypatch):

@@ -18,7 +18,7 @@ import cv2
 import torch
 from torch import nn
 
-from ssdlite import load_checkpoint, save_checkpoint, zoo
+from ssdlite import save_checkpoint, zoo
 from ssdlite.backbones.imagenet import BackboneWeightsError
 from ssdlite.checkpoint import CheckpointError
 from ssdlite.loss import SSDLoss
@@ -28,7 +28,7 @@ from .config import TrainConfig, UsageError, parse_args, resolve_config, resume_
 from .data import CocoDetection, DataError, build_loaders, open_datasets
 from .engine import evaluate, train_one_epoch
 from .evaluation import CocoEvaluator
-from .modeling import build_train_model, init_class_prior
+from .modeling import build_train_model, init_class_prior, load_eval_model
 from .optim import ModelEMA, build_optimizer, warmup_cosine
 from .transforms import build_transform
 
@@ -73,7 +73,7 @@ def run_eval_only(config: TrainConfig, dist_info, device):
         weights = zoo.resolve(config.weights)
     except zoo.ZooError as error:
         raise UsageError(f"--weights {config.weights}: {error}") from None
-    model, class_names = load_checkpoint(weights, device)
+    model, class_names = load_eval_model(weights, device)
     val_set.transform = build_transform(model.config.image_size, train=False)
     output_dir = make_output_dir(config, dist_info, "eval")
     _, val_loader = build_loaders(None, val_set, config.batch_size, config.workers, dist_info, device, config.seed)

@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = parser.add_argument_group("evaluation only")
     ev.add_argument("--eval-only", action="store_true", help="evaluate --weights on the validation set and exit")
-    ev.add_argument("--weights", help="checkpoint or model-zoo name to evaluate")
+    ev.add_argument("--weights", help="checkpoint, .onnx export (float or INT8) or model-zoo name to evaluate")
     return parser
 
 

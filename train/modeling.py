@@ -74,3 +74,47 @@ def init_class_prior(model: SSDLite, prior: float = 0.01):
     with torch.no_grad():
         for predictor in model.class_head.predictors:
             predictor[-1].bias.fill_(bias)
+
+
+class OnnxEvalModel(torch.nn.Module):
+    """An exported ``.onnx`` model (float or INT8) behind the interface ``engine.evaluate`` uses.
+
+    Evaluating the export itself measures what quantization costs in AP.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        from ssdlite.anchors import generate_anchors
+        from ssdlite.backends import OnnxRuntimeBackend
+
+        self.backend = OnnxRuntimeBackend(path)
+        self.config = self.backend.config
+        self.class_names = self.backend.class_names
+        config = self.config
+        self.register_buffer(
+            "anchors", generate_anchors(config.anchor_style, config.image_size, config.min_scale, config.max_scale)
+        )
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backend(images)
+
+
+def load_eval_model(path, device: torch.device) -> tuple[torch.nn.Module, list[str]]:
+    """A checkpoint, or an ``.onnx`` export (CPU only), ready for ``engine.evaluate``.
+
+    Raises:
+        CheckpointError, UsageError: the file cannot be loaded, or an ``.onnx`` file on a GPU.
+    """
+    from pathlib import Path
+
+    from ssdlite.checkpoint import load_checkpoint
+
+    if Path(path).suffix != ".onnx":
+        return load_checkpoint(path, device)
+    if device.type != "cpu":
+        raise UsageError(f"{path}: .onnx models are evaluated with ONNX Runtime on the CPU; pass --device cpu")
+    try:
+        model = OnnxEvalModel(path)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return model, model.class_names

@@ -200,7 +200,7 @@ async function uploadImage(event) {
 async function showModel() {
   try {
     const info = await (await fetch("/model")).json();
-    $("model").textContent = `${info.name} · ${info.input_size}px · ${info.backend} · ${info.classes.length} classes`;
+    $("model").textContent = `${info.name} · ${info.input_size}px · ${info.backend} ${info.precision} · ${info.classes.length} classes`;
   } catch (error) {
     $("model").textContent = "model info unavailable";
   }
