@@ -1,7 +1,7 @@
 """Loopback load test of the detection service against a naive FastAPI + torchvision baseline.
 
-``python -m bench.service [--requests 1000] [--concurrency 8] [--batch-sizes 1,4]``: starts
-``python -m service`` (once per ``--batch-sizes`` value), sends 640x480 JPEGs made from a real
+``python -m bench.service [--requests 1000] [--concurrency 8] [--batch-sizes 1,4] [--model A,B]``:
+starts ``python -m service`` (once per ``--model`` and ``--batch-sizes`` value), sends 640x480 JPEGs made from a real
 photo as multipart uploads to ``POST /detect`` from ``--concurrency`` keep-alive connections,
 and prints req/s, p50/p95/p99 latency and error counts; then streams the same frames over the
 WebSocket one at a time (fps, per-frame p50); then does the same HTTP run against a baseline
@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--baseline-requests", type=int, help="requests for the baseline (default: --requests)")
     parser.add_argument("--ws-frames", type=int, default=300, help="frames in the WebSocket run")
-    parser.add_argument("--model", default="tf-pedestrian", help="what our service serves (SSDLITE_MODEL)")
+    parser.add_argument("--model", default="tf-pedestrian",
+                        help="what our service serves (SSDLITE_MODEL); comma-separated to compare several in one run")
     parser.add_argument("--batch-sizes", default="1,4", help="SSDLITE_MAX_BATCH_SIZE values to compare")
     parser.add_argument("--threads", type=int, help="SSDLITE_THREADS (default: all cores)")
     parser.add_argument("--no-baseline", action="store_true")
@@ -325,13 +326,15 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
     results: dict = {}
-    env = {"SSDLITE_MODEL": args.model, "SSDLITE_ACCESS_LOG": "false", "SSDLITE_LOG_LEVEL": "warning"}
+    env = {"SSDLITE_ACCESS_LOG": "false", "SSDLITE_LOG_LEVEL": "warning"}
     if args.threads:
         env["SSDLITE_THREADS"] = str(args.threads)
-    for run, batch_size in enumerate(int(b) for b in args.batch_sizes.split(",")):
-        name = f"ours ({args.model}, onnxruntime, max batch {batch_size})"
+    runs = [(model, int(b)) for model in args.model.split(",") for b in args.batch_sizes.split(",")]
+    for run, (model, batch_size) in enumerate(runs):
+        name = f"ours ({model}, onnxruntime, max batch {batch_size})"
         name += f" #{run + 1}" if name in results else ""
-        with Server([sys.executable, "-m", "service"], {**env, "SSDLITE_MAX_BATCH_SIZE": str(batch_size)}) as server:
+        settings = {**env, "SSDLITE_MODEL": model, "SSDLITE_MAX_BATCH_SIZE": str(batch_size)}
+        with Server([sys.executable, "-m", "service"], settings) as server:
             results[name] = run_http(server, jpeg, args.requests, args.concurrency)
             results[name]["mean_batch_size"] = mean_batch_size(server.port)
             print_row(name, results[name], f"  mean batch {results[name]['mean_batch_size']:.2f}")

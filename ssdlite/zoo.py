@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for name, entry in MODELS.items():
             state = "cached" if checkpoint_path(name).is_file() else "not fetched"
-            print(f"{name:15s} {state:12s} {entry.description}")
+            print(f"{name:18s} {state:12s} {entry.description}")
         return 0
     try:
         path = fetch(args.name, force=args.force, log=lambda message: print(message, file=sys.stderr))

@@ -79,6 +79,22 @@ def test_eval_only_of_the_person_detector_writes_original_category_ids(coco128, 
     assert person["AP50"] > 0.3  # a real detector on real photos (0.39 measured)
 
 
+def test_int8_person_detector_keeps_its_person_ap_on_real_photos(coco128, person_checkpoint, tmp_path, monkeypatch):
+    """The zoo's INT8 build, scored through --eval-only like the float one (0.195 / 0.390 measured)."""
+    from ssdlite.zoo import fetch
+
+    cache = tmp_path / "zoo"
+    cache.mkdir()
+    (cache / "tf-pedestrian.pt").symlink_to(person_checkpoint)
+    monkeypatch.setenv("SSDLITE_HOME", str(cache))
+    int8 = fetch("tf-pedestrian-int8", log=None)
+    ann, images = str(annotation_file(coco128)), str(coco128 / "train2017")
+    args = ["--eval-only", "--weights", str(int8), "--val-ann", ann, "--val-images", images, "--device", "cpu"]
+    assert train_coco.main([*args, "--no-progress", "--workers", "0", "--output-dir", str(tmp_path / "eval")]) == 0
+    (person,) = json.loads((tmp_path / "eval" / "eval.json").read_text())["per_class"]
+    assert person["AP"] >= 0.185 and person["AP50"] >= 0.38  # within 0.01 of the float detector
+
+
 def test_fine_tuning_the_person_detector_on_person_only_reinitialises_nothing(
     coco128, person_checkpoint, tmp_path, capsys
 ):

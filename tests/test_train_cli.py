@@ -161,6 +161,29 @@ def test_eval_only_prints_the_12_coco_numbers_and_per_class_ap(reference_run, en
     assert saved["stats"]["AP"] == pytest.approx(max(r.get("AP", -1) for r in history(run_dir)), abs=1e-3)
 
 
+def test_eval_only_scores_an_onnx_export_as_its_checkpoint(reference_run, env, tmp_path):
+    from ssdlite.export import main as export_main
+
+    run_dir, _ = reference_run
+    assert export_main([str(run_dir / "best.pt"), "-o", str(tmp_path / "best.onnx")]) == 0
+    scores = {}
+    for weights in ("best.pt", "best.onnx"):
+        path = run_dir / weights if weights.endswith(".pt") else tmp_path / weights
+        output = tmp_path / f"eval-{path.suffix[1:]}"
+        run_cli(["--eval-only", "--weights", str(path), *DATA, "--output-dir", str(output)], env)
+        scores[weights] = json.loads((output / "eval.json").read_text())["stats"]
+    assert scores["best.onnx"]["AP"] == pytest.approx(scores["best.pt"]["AP"], abs=2e-3)
+    assert scores["best.onnx"]["AP50"] == pytest.approx(scores["best.pt"]["AP50"], abs=2e-3)
+
+    result = subprocess.run(
+        [sys.executable, "-m", "train.coco", "--eval-only", "--weights", str(tmp_path / "best.onnx"), *DATA,
+         "--output-dir", str(tmp_path / "best.onnx")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"--output-dir {tmp_path / 'best.onnx'}: cannot create the directory" in result.stderr
+
+
 def test_torchrun_two_cpu_processes_gloo(env, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     args = [*DATA, *SETTINGS, "--epochs", "2", "--output-dir", str(tmp_path)]

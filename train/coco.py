@@ -47,7 +47,10 @@ def make_output_dir(config: TrainConfig, dist_info, kind: str) -> Path:
     path = Path(config.output_dir) if config.output_dir else Path("runs") / kind / time.strftime("%Y%m%d-%H%M%S")
     path = Path(distributed.broadcast_object(str(path)))
     if dist_info.is_main:
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"--output-dir {path}: cannot create the directory ({error.strerror or error})") from None
     return path
 
 
