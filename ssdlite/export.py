@@ -160,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", help="ONNX file to write (default: CHECKPOINT with .onnx suffix)")
     parser.add_argument("--int8", action="store_true", help="static INT8 quantization (needs --calibration)")
     parser.add_argument("--calibration", metavar="DIR", help="folder of images like those the model will see")
-    parser.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
-                        help=f"use at most N, sorted by name (default {DEFAULT_CALIBRATION_IMAGES}; memory grows with N)")
+    parser.add_argument(
+        "--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
+        help=f"use at most N, sorted by name (default {DEFAULT_CALIBRATION_IMAGES}; memory grows with N)",
+    )
     parser.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default=DEFAULT_CALIBRATION_METHOD,
                         help=f"how activation ranges are chosen (default {DEFAULT_CALIBRATION_METHOD})")
     parser.add_argument("--end-to-end", action="store_true",
