@@ -86,3 +86,8 @@ def generate_anchors(
     if style == "ssd":
         anchors = anchors.clamp(0, 1)
     return anchors.float()
+
+
+def anchors_for(config) -> Tensor:
+    """The anchors of a model config (an ``SSDLiteConfig``): its style, input size and scales."""
+    return generate_anchors(config.anchor_style, config.image_size, config.min_scale, config.max_scale)

@@ -67,15 +67,13 @@ class Detector:
     """
 
     def __init__(self, backend: Backend, config: SSDLiteConfig, class_names: Sequence[str], device="cpu"):
-        from .anchors import generate_anchors
+        from .anchors import anchors_for
 
         self.backend = backend
         self.config = config
         self.class_names = list(class_names)
         self.device = torch.device(device)
-        self.anchors = generate_anchors(config.anchor_style, config.image_size, config.min_scale, config.max_scale).to(
-            self.device
-        )
+        self.anchors = anchors_for(config).to(self.device)
 
     @classmethod
     def from_model(cls, model: SSDLite, class_names: Sequence[str], device: str | torch.device | None = None):

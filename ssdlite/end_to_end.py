@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .anchors import generate_anchors
+from .anchors import anchors_for
 from .backends import OUTPUT_NAMES
 from .boxes import MAX_LOG_SCALE
 from .model import SSDLiteConfig
@@ -58,7 +58,7 @@ def append_postprocess(model: onnx.ModelProto, config: SSDLiteConfig) -> onnx.Mo
     if tuple(raw_outputs) != OUTPUT_NAMES:
         raise ValueError(f"expected a model with outputs {OUTPUT_NAMES}, got {raw_outputs}")
     box_regression, class_logits = OUTPUT_NAMES
-    anchors = generate_anchors(config.anchor_style, config.image_size, config.min_scale, config.max_scale).numpy()
+    anchors = anchors_for(config).numpy()
     num_anchors, num_classes = anchors.shape[0], config.num_classes - 1
     candidates = min(config.candidates_per_image, num_anchors * num_classes)
     max_detections = min(config.max_detections, candidates)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .anchors import ANCHOR_STYLES, generate_anchors, num_anchors_per_location
+from .anchors import ANCHOR_STYLES, anchors_for, num_anchors_per_location
 from .backbones import BACKBONES, build_backbone
 from .backbones.imagenet import TORCHVISION_BN_EPS, BackboneWeightsError, check_backbone_weights, load_backbone_weights
 from .head import SSDLiteHead
@@ -149,8 +149,7 @@ class SSDLite(nn.Module):
         self.class_head = SSDLiteHead(channels, boxes_per_location, config.num_classes, **options)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
-        anchors = generate_anchors(config.anchor_style, config.image_size, config.min_scale, config.max_scale)
-        self.register_buffer("anchors", anchors, persistent=False)
+        self.register_buffer("anchors", anchors_for(config), persistent=False)
         self._init_weights()
 
     def _init_weights(self):

@@ -104,7 +104,7 @@ def test_postprocess_graph_matches_the_torch_postprocess(score_function):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from ssdlite.anchors import generate_anchors
+    from ssdlite.anchors import anchors_for
     from ssdlite.end_to_end import append_postprocess
     from ssdlite.model import get_config
     from ssdlite.postprocess import postprocess
@@ -117,7 +117,7 @@ def test_postprocess_graph_matches_the_torch_postprocess(score_function):
         max_detections=50,
         candidates_per_image=200,
     )
-    anchors = generate_anchors(config.anchor_style, config.image_size, config.min_scale, config.max_scale)
+    anchors = anchors_for(config)
     shapes = {"box_regression": [None, anchors.shape[0], 4], "class_logits": [None, anchors.shape[0], 5]}
     raw = helper.make_model(
         helper.make_graph(

@@ -84,16 +84,13 @@ class OnnxEvalModel(torch.nn.Module):
 
     def __init__(self, path):
         super().__init__()
-        from ssdlite.anchors import generate_anchors
+        from ssdlite.anchors import anchors_for
         from ssdlite.backends import OnnxRuntimeBackend
 
         self.backend = OnnxRuntimeBackend(path)
         self.config = self.backend.config
         self.class_names = self.backend.class_names
-        config = self.config
-        self.register_buffer(
-            "anchors", generate_anchors(config.anchor_style, config.image_size, config.min_scale, config.max_scale)
-        )
+        self.register_buffer("anchors", anchors_for(self.config))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.backend(images)
