@@ -2,7 +2,7 @@
 
 ``python -m bench.latency [--iterations N] [--threads T]``: a 640x480 RGB uint8 array in,
 detections out, for ``ssdlite320_mobilenet_v2`` (91 classes) on the torch and ONNX Runtime
-backends (float32, and INT8 calibrated on the repository's two test photos, through
+backends (float32, and INT8 calibrated on the two photos ssdlite ships, through
 ``Detector.predict`` and as an end-to-end graph run with onnxruntime + numpy alone) and for
 torchvision's ``ssdlite320_mobilenet_v3_large`` through its ``model([img])`` call. Both models get
 background-dominant class biases so NMS sees trained-like scores.
@@ -33,6 +33,7 @@ from .common import (
 NUM_CLASSES = 91
 TORCHVISION = "torchvision ssdlite320_mobilenet_v3_large"
 FLOAT_ORT = "ours onnxruntime float32"
+TORCH_ROW = "ours torch float32"
 
 
 def our_model(name: str = "ssdlite320_mobilenet_v2"):
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     int8_end_to_end = onnxruntime_session(export_onnx(model, class_names, calibration=calibration, end_to_end=True),
                                           args.threads)
     detectors = {
-        "ours torch float32": Detector.from_model(model, class_names),
+        TORCH_ROW: Detector.from_model(model, class_names),
         FLOAT_ORT: Detector(OnnxRuntimeBackend(float_onnx, args.threads), model.config, class_names),
         "ours onnxruntime int8": Detector(OnnxRuntimeBackend(int8_onnx, args.threads), model.config, class_names),
     }
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, fn in candidates.items():
         # ONNX Runtime rows run as the service runs them: torch (resize, postprocess) on one
         # thread, so its pool does not fight ONNX Runtime's for the cores.
-        torch.set_num_threads(args.threads if "torch" in name else 1)
+        torch.set_num_threads(args.threads if name in (TORCH_ROW, TORCHVISION) else 1)
         results[name] = time_call(fn, args.iterations)
     torch.set_num_threads(args.threads)
     baseline, float_p50 = results[TORCHVISION]["p50"], results[FLOAT_ORT]["p50"]
