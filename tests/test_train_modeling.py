@@ -11,7 +11,7 @@ import torchvision
 from ssdlite import build_model, load_checkpoint, save_checkpoint
 from ssdlite.model import IMAGENET_MEAN
 from train.config import TrainConfig, UsageError, parse_args, resolve_config
-from train.modeling import build_train_model, model_from_init
+from train.modeling import build_train_model, load_eval_model, model_from_init
 
 
 def _tf_style_checkpoint(path, class_names):
@@ -171,3 +171,23 @@ def test_train_cli_offline_names_the_url_and_the_cache_file_in_one_line(tmp_path
     (line,) = err.strip().splitlines()
     assert line.startswith(f"error: cannot download {url}") and "Traceback" not in err
     assert str(torch_home / os.path.basename(url)) in line and "--backbone-weights none" in line
+
+
+def test_eval_model_from_an_onnx_export_and_its_refusals(tmp_path):
+    from ssdlite import export_onnx
+
+    model = build_model("ssdlite320_mobilenet_v2", num_classes=3, width_mult=0.35, image_size=96).eval()
+    export_onnx(model, ["a", "b"], tmp_path / "model.onnx")
+    loaded, class_names = load_eval_model(tmp_path / "model.onnx", torch.device("cpu"))
+    assert class_names == ["a", "b"] and loaded.config == model.config
+    torch.testing.assert_close(loaded.anchors, model.anchors)
+    images = torch.rand(2, 3, 96, 96) * 255
+    with torch.no_grad():
+        for got, expected in zip(loaded(images), model(images), strict=True):
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+    with pytest.raises(UsageError, match=r"model.onnx: .onnx models are evaluated with ONNX Runtime on the CPU"):
+        load_eval_model(tmp_path / "model.onnx", torch.device("cuda"))
+    (tmp_path / "text.onnx").write_text("not a model")
+    with pytest.raises(UsageError, match="text.onnx: not a loadable ONNX model"):
+        load_eval_model(tmp_path / "text.onnx", torch.device("cpu"))
