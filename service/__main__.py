@@ -13,7 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description=__doc__.splitlines()[0],
-        epilog="More settings (limits, queue, batching, thresholds): SSDLITE_* variables, see service/settings.py.",
+        epilog="More settings (limits, queue, batching, thresholds, API keys, CORS): SSDLITE_* variables, "
+    "see service/settings.py and the README.",
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from .app import create_app
+    from .auth import ApiKeyConfigError, load_api_keys
     from .model import load_detector
     from .settings import Settings
 
@@ -37,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         print(f"error: invalid setting: {error}", file=sys.stderr)
         return 2
+    try:
+        load_api_keys(settings)  # checked before the model's (slow) load
+    except ApiKeyConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s:     %(name)s: %(message)s")
     # Loaded here rather than in the lifespan so that a bad model is one clear line, not a traceback.
     try:
@@ -44,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - any load failure ends the process with its reason
         print(f"error: cannot load model {settings.model!r}: {error}", file=sys.stderr)
         return 2
+    app = create_app(settings, detector=detector)
     uvicorn.run(
-        create_app(settings, detector=detector),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -11,15 +11,20 @@ from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSock
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
+from .auth import SUBPROTOCOL
 from .decoding import ImageError, decode_image, encode_jpeg
-from .engine import DetectOptions, EngineStoppedError, QueueFullError
+from .engine import DetectOptions, EngineStoppedError, InferenceError, QueueFullError
+from .runtime import Runtime, RuntimeDep
 from .schemas import BatchResponse, DetectResponse, Health, ModelInfo, Problem
 
 STATIC_DIR = Path(__file__).parent / "static"
 
+# One router per access rule: create_app puts the API-key guard on the first four as configured.
 detection = APIRouter(tags=["detection"])
 stream = APIRouter(tags=["stream"])
-operations = APIRouter(tags=["operations"])
+model = APIRouter(tags=["operations"])
+monitoring = APIRouter(tags=["operations"])
+health = APIRouter(tags=["operations"])
 page = APIRouter(include_in_schema=False)
 
 ScoreThreshold = Annotated[
@@ -53,19 +58,19 @@ BATCH_BODY = {
         },
     }
 }
-ERRORS = {status: {"model": Problem} for status in (413, 415, 422, 503)}
+ERRORS = {status: {"model": Problem} for status in (401, 408, 413, 415, 422, 500, 503)}
 
 
-def detect_options(request_or_ws, score_threshold, max_detections, classes) -> DetectOptions:
+def detect_options(runtime: Runtime, score_threshold, max_detections, classes) -> DetectOptions:
     """Fills in the server defaults and checks class names against the model's (422 if unknown)."""
-    state = request_or_ws.app.state
     names = None
     if classes:
         names = tuple(dict.fromkeys(n.strip() for item in classes for n in item.split(",") if n.strip())) or None
-        unknown = sorted(set(names or ()) - set(state.detector.class_names))
+        known = runtime.detector.class_names
+        unknown = sorted(set(names or ()) - set(known))
         if unknown:
-            raise HTTPException(422, f"unknown class names {unknown}; this model knows {state.detector.class_names}")
-    settings = state.settings
+            raise HTTPException(422, f"unknown class names {unknown}; this model knows {known}")
+    settings = runtime.settings
     return DetectOptions(
         score_threshold=settings.score_threshold if score_threshold is None else score_threshold,
         max_detections=settings.max_detections if max_detections is None else max_detections,
@@ -73,15 +78,15 @@ def detect_options(request_or_ws, score_threshold, max_detections, classes) -> D
     )
 
 
-async def run_detection(app_state, data: bytes, options: DetectOptions):
+async def run_detection(runtime: Runtime, data: bytes, options: DetectOptions):
     """Decodes (on the decode threads) and detects (on the inference thread); returns (image, result, timing)."""
-    if not app_state.ready:
+    if not runtime.ready:
         raise EngineStoppedError("the model is not loaded yet or the server is shutting down")
     started = time.perf_counter()
     loop = asyncio.get_running_loop()
-    image = await loop.run_in_executor(app_state.decoder, decode_image, data, app_state.settings.max_pixels)
+    image = await loop.run_in_executor(runtime.decoder, decode_image, data, runtime.settings.max_pixels)
     decoded = time.perf_counter()
-    result = await app_state.engine.detect(image, options)
+    result = await runtime.engine.detect(image, options)
     timing = {
         "decode": round((decoded - started) * 1000, 2),
         "queue": round(result.queue_ms, 2),
@@ -92,7 +97,7 @@ async def run_detection(app_state, data: bytes, options: DetectOptions):
     return image, result, timing
 
 
-async def read_images(request: Request, field: str, many: bool) -> list[tuple[str | None, bytes]]:
+async def read_images(request: Request, field: str, many: bool, max_files: int) -> list[tuple[str | None, bytes]]:
     """The uploaded images: multipart parts named ``field`` (``file`` also works), or the raw body."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
@@ -100,7 +105,7 @@ async def read_images(request: Request, field: str, many: bool) -> list[tuple[st
             raise HTTPException(415, f"send the images as multipart/form-data file parts named '{field}'")
         return [(None, await request.body())]
     names = (field, "file") if many else (field,)
-    async with request.form(max_files=request.app.state.settings.max_files, max_fields=100) as form:
+    async with request.form(max_files=max_files, max_fields=100) as form:
         uploads = [value for key, value in form.multi_items() if key in names and isinstance(value, UploadFile)]
         if not uploads:
             plain = [key for key, value in form.multi_items() if key in names]
@@ -126,6 +131,7 @@ def render_response(image, detections, quality: int) -> Response:
 )
 async def detect(
     request: Request,
+    runtime: RuntimeDep,
     score_threshold: ScoreThreshold = None,
     max_detections: MaxDetections = None,
     classes: Classes = None,
@@ -136,17 +142,17 @@ async def detect(
     The image's own bytes decide its format (JPEG, PNG, WebP, BMP, TIFF). Boxes are
     ``[x1, y1, x2, y2]`` in the uploaded image's pixels, after its EXIF orientation.
     """
-    options = detect_options(request, score_threshold, max_detections, classes)
-    ((_, data),) = await read_images(request, "file", many=False)
-    image, result, timing = await run_detection(request.app.state, data, options)
+    options = detect_options(runtime, score_threshold, max_detections, classes)
+    ((_, data),) = await read_images(request, "file", many=False, max_files=runtime.settings.max_files)
+    image, result, timing = await run_detection(runtime, data, options)
     if render:
         loop = asyncio.get_running_loop()
-        quality = request.app.state.settings.jpeg_quality
-        return await loop.run_in_executor(request.app.state.decoder, render_response, image, result.detections, quality)
+        quality = runtime.settings.jpeg_quality
+        return await loop.run_in_executor(runtime.decoder, render_response, image, result.detections, quality)
     return {
         "width": image.shape[1],
         "height": image.shape[0],
-        "model": request.app.state.model_info.name,
+        "model": runtime.model_info.name,
         "detections": result.detections,
         "timing_ms": timing,
     }
@@ -160,29 +166,30 @@ async def detect(
 )
 async def detect_render(
     request: Request,
+    runtime: RuntimeDep,
     score_threshold: ScoreThreshold = None,
     max_detections: MaxDetections = None,
     classes: Classes = None,
 ):
     """Like ``POST /detect?render=true``: the image with its detections drawn, as JPEG."""
-    return await detect(request, score_threshold, max_detections, classes, render=True)
+    return await detect(request, runtime, score_threshold, max_detections, classes, render=True)
 
 
 @detection.post("/detect/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY)
 async def detect_batch(
     request: Request,
+    runtime: RuntimeDep,
     score_threshold: ScoreThreshold = None,
     max_detections: MaxDetections = None,
     classes: Classes = None,
 ):
     """Detects objects in several images (multipart fields ``files``); one bad image fails the request."""
-    options = detect_options(request, score_threshold, max_detections, classes)
-    uploads = await read_images(request, "files", many=True)
-    state = request.app.state
+    options = detect_options(runtime, score_threshold, max_detections, classes)
+    uploads = await read_images(request, "files", many=True, max_files=runtime.settings.max_files)
 
     async def one(index: int, filename: str | None, data: bytes):
         try:
-            image, result, timing = await run_detection(state, data, options)
+            image, result, timing = await run_detection(runtime, data, options)
         except ImageError as error:
             raise ImageError(error.status, f"files[{index}] ({filename}): {error.detail}") from None
         return {"filename": filename, "width": image.shape[1], "height": image.shape[0],
@@ -194,12 +201,13 @@ async def detect_batch(
     finally:
         for task in tasks:
             task.cancel()
-    return {"model": state.model_info.name, "results": results}
+    return {"model": runtime.model_info.name, "results": results}
 
 
 @stream.websocket("/ws")
 async def detect_stream(
     websocket: WebSocket,
+    runtime: RuntimeDep,
     score_threshold: ScoreThreshold = None,
     max_detections: MaxDetections = None,
     classes: Classes = None,
@@ -211,15 +219,15 @@ async def detect_stream(
     ``dropped_frames``), so latency stays bounded when frames come faster than inference.
     A bad frame gets ``{"frame_id", "status", "error"}`` and the stream goes on.
     """
-    await websocket.accept()
+    # A browser that offered subprotocols (the API key travels as one) needs one selected back.
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None)
     try:
-        options = detect_options(websocket, score_threshold, max_detections, classes)
+        options = detect_options(runtime, score_threshold, max_detections, classes)
     except HTTPException as error:
         await websocket.send_json({"status": error.status_code, "error": error.detail})
         await websocket.close(1008)
         return
-    state = websocket.app.state
-    frames = state.metrics.ws_frames
+    frames = runtime.metrics.ws_frames
     latest: tuple[int, bytes, float] | None = None
     received = dropped = 0
     closed = False
@@ -246,6 +254,7 @@ async def detect_stream(
             wake.set()
 
     receiver = asyncio.create_task(receive_frames())
+    detection: asyncio.Future | None = None
     try:
         while True:
             await wake.wait()
@@ -260,7 +269,12 @@ async def detect_stream(
             try:
                 if not data:
                     raise ImageError(415, "send each frame as one binary message holding a JPEG (or PNG/WebP)")
-                image, result, timing = await run_detection(state, data, options)
+                detection = asyncio.ensure_future(run_detection(runtime, data, options))
+                await asyncio.wait((detection, receiver), return_when=asyncio.FIRST_COMPLETED)
+                if not detection.done():  # the client left: its frame is not worth an inference
+                    detection.cancel()
+                    break
+                image, result, timing = detection.result()
                 reply.update(width=image.shape[1], height=image.shape[0], detections=result.detections,
                              timing_ms=timing)
                 frames.labels("answered").inc()
@@ -270,43 +284,46 @@ async def detect_stream(
             except (QueueFullError, EngineStoppedError) as error:
                 reply.update(status=503, error=str(error))
                 frames.labels("error").inc()
+            except InferenceError as error:
+                reply.update(status=500, error=str(error))
+                frames.labels("error").inc()
             reply.update(latency_ms=round((time.perf_counter() - arrived) * 1000, 2), dropped_frames=dropped)
             await websocket.send_text(json.dumps(reply))
     except (WebSocketDisconnect, RuntimeError):
         pass  # the client went away mid-reply
     finally:
+        if detection is not None:
+            detection.cancel()
         receiver.cancel()
         with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
             await receiver
 
 
-@operations.get("/healthz", response_model=Health)
+@health.get("/healthz", response_model=Health)
 async def healthz():
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@operations.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+@health.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(request: Request):
     """Readiness: the model is loaded and warmed up, and the server is not shutting down."""
-    if request.app.state.ready and request.app.state.engine.running:
+    runtime = getattr(request.state, "runtime", None)
+    if runtime is not None and runtime.ready:
         return {"status": "ready"}
     return JSONResponse({"status": "not ready"}, 503)
 
 
-@operations.get("/model", response_model=ModelInfo)
-async def model_info(request: Request):
+@model.get("/model", response_model=ModelInfo, responses={401: {"model": Problem}, 503: {"model": Problem}})
+async def model_info(runtime: RuntimeDep):
     """The served model: name, classes, input size, backend."""
-    info = getattr(request.app.state, "model_info", None)
-    if info is None:
-        raise EngineStoppedError("the model is not loaded yet")
-    return info
+    return runtime.model_info
 
 
-@operations.get("/metrics", response_class=Response)
-async def metrics(request: Request):
+@monitoring.get("/metrics", response_class=Response, responses={401: {"model": Problem}, 503: {"model": Problem}})
+async def metrics(runtime: RuntimeDep):
     """Prometheus text format."""
-    body, content_type = request.app.state.metrics.render()
+    body, content_type = runtime.metrics.render()
     return Response(body, media_type=content_type)
 
 

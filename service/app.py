@@ -1,19 +1,23 @@
-"""The app factory: ``create_app(settings)``; its lifespan loads the model once and warms it up."""
+"""The app factory: ``create_app(settings)``; its lifespan loads the model once, warms it up and yields the Runtime."""
 
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.requests import ClientDisconnect
 
 from . import api
+from .auth import ApiKeyGuard, load_api_keys, redact_api_keys_in_logs
 from .decoding import ImageError, warm_up_decoder
-from .engine import EngineStoppedError, InferenceEngine, QueueFullError
+from .engine import EngineStoppedError, InferenceEngine, InferenceError, QueueFullError
 from .limits import BodyLimitMiddleware
 from .metrics import HTTPMetricsMiddleware, Metrics
+from .runtime import Runtime
 from .settings import Settings
 
 logger = logging.getLogger("service")
@@ -26,21 +30,22 @@ def create_app(settings: Settings | None = None, detector=None) -> FastAPI:
         settings: the configuration (default: read from ``SSDLITE_*`` environment variables).
         detector: an already loaded ``ssdlite.Detector`` to serve instead of ``settings.model``
             (``python -m service`` loads it first to report a bad model cleanly; tests inject fakes).
+
+    Raises:
+        ApiKeyConfigError: ``SSDLITE_API_KEYS``/``SSDLITE_API_KEYS_FILE`` cannot be used.
     """
     settings = settings or Settings()
     metrics = Metrics(settings.max_batch_size)
+    api_keys = load_api_keys(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from .model import describe, load_detector, warm_up
 
-        state = app.state
-        state.ready = False
+        redact_api_keys_in_logs()  # here, after uvicorn has configured its loggers
         loaded = detector or await asyncio.to_thread(load_detector, settings)
-        state.detector = loaded
-        state.model_info = describe(loaded, settings)
-        state.decoder = ThreadPoolExecutor(2, thread_name_prefix="decode")
-        state.engine = InferenceEngine(
+        decoder = ThreadPoolExecutor(2, thread_name_prefix="decode")
+        engine = InferenceEngine(
             loaded.predict_batch,
             max_batch_size=settings.max_batch_size,
             queue_size=settings.queue_size,
@@ -48,19 +53,21 @@ def create_app(settings: Settings | None = None, detector=None) -> FastAPI:
             on_batch=metrics.observe_batch,
             on_queue_depth=metrics.queue_depth.set,
         )
+        runtime = Runtime(settings, metrics, loaded, describe(loaded, settings), engine, decoder)
         await asyncio.to_thread(warm_up, loaded, settings.max_batch_size)
-        await asyncio.get_running_loop().run_in_executor(state.decoder, warm_up_decoder)
-        await state.engine.start()
-        state.ready = True
+        await asyncio.get_running_loop().run_in_executor(decoder, warm_up_decoder)
+        await engine.start()
         metrics.ready.set(1)
-        logger.info("model %s ready (%s)", state.model_info.name, state.model_info.backend)
+        logger.info("model %s ready (%s %s)", runtime.model_info.name, runtime.model_info.backend,
+                    runtime.model_info.precision)
+        if api_keys:
+            logger.info("API keys required: %d key(s) configured", len(api_keys))
         try:
-            yield
+            yield {"runtime": runtime}
         finally:
-            state.ready = False
             metrics.ready.set(0)
-            await state.engine.stop()
-            state.decoder.shutdown(wait=True)
+            await engine.stop()
+            decoder.shutdown(wait=True)
 
     app = FastAPI(
         title="SSDLite detection service",
@@ -68,14 +75,25 @@ def create_app(settings: Settings | None = None, detector=None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.metrics = metrics
-    app.state.ready = False
-    app.add_middleware(BodyLimitMiddleware, max_body_size=settings.max_body_size)
-    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)  # added last: outermost, so it sees every 413
-    app.include_router(api.detection)
-    app.include_router(api.stream)
-    app.include_router(api.operations)
+    # Added innermost first: metrics sees every response (the 413s and 408s included), CORS adds
+    # its headers to those too.
+    app.add_middleware(BodyLimitMiddleware, max_body_size=settings.max_body_size, read_timeout=settings.read_timeout)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            expose_headers=["X-Detections", "Retry-After"],
+            max_age=600,
+        )
+    app.add_middleware(HTTPMetricsMiddleware, metrics=metrics)
+    guarded = [Depends(ApiKeyGuard(api_keys))] if api_keys else []
+    app.include_router(api.detection, dependencies=guarded)
+    app.include_router(api.stream, dependencies=guarded)
+    app.include_router(api.model, dependencies=guarded)
+    app.include_router(api.monitoring, dependencies=guarded if settings.metrics_require_key else [])
+    app.include_router(api.health)
     app.include_router(api.page)
     app.mount("/static", StaticFiles(directory=api.STATIC_DIR), name="static")
 
@@ -90,6 +108,14 @@ def create_app(settings: Settings | None = None, detector=None) -> FastAPI:
     @app.exception_handler(EngineStoppedError)
     async def not_running(request: Request, error: EngineStoppedError):
         return JSONResponse({"detail": str(error)}, 503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(InferenceError)
+    async def inference_failed(request: Request, error: InferenceError):
+        return JSONResponse({"detail": str(error)}, 500)  # the engine logged the traceback once per batch
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, error: ClientDisconnect):
+        return Response(status_code=499)  # nobody is left to read it; not an error of ours
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception):

@@ -9,6 +9,7 @@ queue in front of one inference thread (``settings.py`` says what batching gaine
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,13 @@ class QueueFullError(RuntimeError):
 
 class EngineStoppedError(RuntimeError):
     """The engine is not running (starting up or shutting down)."""
+
+
+class InferenceError(RuntimeError):
+    """The model raised on a batch; every request of that batch gets this, the next batch runs as usual."""
+
+
+logger = logging.getLogger("service.engine")
 
 
 @dataclass(frozen=True)
@@ -142,9 +150,11 @@ class InferenceEngine:
                 outputs = await loop.run_in_executor(self._executor, self._infer, batch)
             except Exception as error:  # noqa: BLE001 - reported to each waiting request
                 self._in_flight = []
+                logger.exception("inference failed on a batch of %d image(s)", len(batch))
+                detail = f"inference failed ({type(error).__name__}); the server log has the details"
                 for request in batch:
                     if not request.future.done():
-                        request.future.set_exception(error)
+                        request.future.set_exception(InferenceError(detail))
                 continue
             self._in_flight = []  # (left set when stop() cancels us here: it fails them)
             elapsed = time.perf_counter() - started

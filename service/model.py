@@ -1,5 +1,7 @@
 """Loading the served model: backend choice, warm-up and the /model description."""
 
+from pathlib import Path
+
 import numpy as np
 
 from .schemas import ModelInfo
@@ -53,10 +55,17 @@ def warm_up(detector, max_batch_size: int):
         detector.predict_batch([image] * batch_size)
 
 
+def model_name(source: str) -> str:
+    """What clients see as the model's name: the zoo name, or a model file's name without the server's path."""
+    from ssdlite.zoo import MODELS
+
+    return source if source in MODELS else Path(source).stem
+
+
 def describe(detector, settings: Settings) -> ModelInfo:
     backend = detector.backend
     return ModelInfo(
-        name=settings.model,
+        name=model_name(settings.model),
         classes=detector.class_names,
         input_size=detector.config.image_size,
         backend=getattr(backend, "name", "custom"),

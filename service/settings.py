@@ -1,9 +1,12 @@
 """Service settings, read from ``SSDLITE_*`` environment variables (or passed in by tests)."""
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+CommaSeparated = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -22,6 +25,9 @@ class Settings(BaseSettings):
 
     max_body_size: int = Field(10 * 1024 * 1024, ge=1, description="largest request body in bytes (413 above)")
     max_pixels: int = Field(40_000_000, ge=1, description="largest image in pixels, checked before decoding (413)")
+    read_timeout: float = Field(
+        60.0, gt=0, description="seconds a client may take to send a request body (408 after; slow clients)"
+    )
     max_files: int = Field(32, ge=1, description="most images in one /detect/batch request")
     queue_size: int = Field(32, ge=1, description="images waiting for inference before new ones get 503")
     # Measured with `python -m bench.service` on 2 cores (load generator included): batches of 4
@@ -36,3 +42,19 @@ class Settings(BaseSettings):
     jpeg_quality: int = Field(90, ge=1, le=100, description="quality of rendered JPEGs")
     access_log: bool = True
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    api_keys: CommaSeparated = Field(
+        default_factory=list, description="comma-separated keys; any one unlocks /detect*, /ws, /model (off if empty)"
+    )
+    api_keys_file: Path | None = Field(None, description="file of more API keys, one per line (# comments)")
+    metrics_require_key: bool = Field(True, description="with API keys on, /metrics needs a key too (false: open)")
+    cors_origins: CommaSeparated = Field(
+        default_factory=list, description="comma-separated origins allowed by CORS, or * (default: none, CORS off)"
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def split_commas(cls, value):
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value

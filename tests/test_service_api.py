@@ -266,7 +266,7 @@ def test_serves_a_checkpoint_path_with_onnxruntime(tmp_path):
     settings = Settings(model=str(path), backend="onnxruntime", threads=1)
     with TestClient(create_app(settings)) as client:
         info = client.get("/model").json()
-        assert (info["backend"], info["name"], info["input_size"]) == ("onnxruntime", str(path), 160)
+        assert (info["backend"], info["name"], info["input_size"]) == ("onnxruntime", "small", 160)  # no server path
         assert info["precision"] == "float32"
         response = client.post("/detect?score_threshold=0.01&max_detections=5", content=photo())
         assert response.status_code == 200

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from service.decoding import ImageError, decode_image, sniff_format
-from service.engine import DetectOptions, EngineStoppedError, InferenceEngine, QueueFullError
+from service.engine import DetectOptions, EngineStoppedError, InferenceEngine, InferenceError, QueueFullError
 
 from .service_helpers import bad_inputs, encode, photo, scripted_detector
 
@@ -141,7 +141,7 @@ def test_a_failing_model_fails_its_requests_not_the_engine():
     async def main():
         engine = InferenceEngine(flaky)
         await engine.start()
-        with pytest.raises(RuntimeError, match="boom"):
+        with pytest.raises(InferenceError, match=r"inference failed \(RuntimeError\)"):
             await engine.detect(IMAGE, OPTIONS)
         result = await engine.detect(IMAGE, OPTIONS)
         await engine.stop()

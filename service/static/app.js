@@ -7,12 +7,14 @@ const MAX_FRAME_WIDTH = 640;  // frames are scaled down to this before JPEG enco
 const JPEG_QUALITY = 0.8;
 
 const state = {
-  running: false, connected: false, frames: 0, errors: 0, lastError: null,
+  running: false, connected: false, needsKey: false, frames: 0, errors: 0, lastError: null,
   detections: [], fps: 0, latencyMs: null, serverLatencyMs: null,
 };
 window.ssdlite = state;
 
 let stream = null, socket = null, inFlight = false, framesSent = 0;
+// The server's API key, when it asks for one (401); kept for this tab only.
+let apiKey = sessionStorage.getItem("ssdlite-api-key") || "";
 const sentAt = new Map();
 const replyTimes = [];
 const capture = document.createElement("canvas");
@@ -47,6 +49,29 @@ function drawDetections(ctx, detections, frameWidth, frameHeight) {
 function setStatus(element, text, isError = false) {
   element.textContent = text;
   element.classList.toggle("error", isError);
+}
+
+function authHeaders() {
+  return apiKey ? { "X-API-Key": apiKey } : {};
+}
+
+// The server answered 401: show the key form (with the server's reason) until a key is entered.
+function askForKey(reason) {
+  state.needsKey = true;
+  $("key-form").hidden = false;
+  $("key-status").textContent = reason || "this server needs an API key";
+  $("api-key").focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  apiKey = $("api-key").value.trim();
+  sessionStorage.setItem("ssdlite-api-key", apiKey);
+  $("api-key").value = "";
+  $("key-form").hidden = true;
+  state.needsKey = false;
+  showModel();
+  if (state.running && !state.connected) connect();
 }
 
 async function startCamera() {
@@ -84,19 +109,24 @@ function connect() {
   const url = new URL("/ws", location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   url.searchParams.set("score_threshold", $("threshold").value);
-  socket = new WebSocket(url);
+  // Browsers cannot set headers on a WebSocket: the key travels as a subprotocol next to "ssdlite".
+  socket = apiKey ? new WebSocket(url, ["ssdlite", `ssdlite.key.${apiKey}`]) : new WebSocket(url);
   socket.binaryType = "arraybuffer";
+  let opened = false;
   framesSent = 0;
   inFlight = false;
   sentAt.clear();
   socket.onopen = () => {
+    opened = true;
     state.connected = true;
     setStatus($("status"), "streaming");
     sendFrame();
   };
   socket.onmessage = (event) => onReply(JSON.parse(event.data));
-  socket.onclose = () => {
+  socket.onclose = async () => {
     state.connected = false;
+    // A refused handshake looks like any failed one: ask /model whether a key is what is missing.
+    if (!opened && !(await showModel())) return;
     if (state.running) {  // the server restarted or the threshold changed: reconnect
       setStatus($("status"), "reconnecting…", true);
       setTimeout(() => state.running && connect(), 1000);
@@ -175,8 +205,9 @@ async function uploadImage(event) {
   const url = `/detect?score_threshold=${encodeURIComponent($("threshold").value)}`;
   let reply;
   try {
-    const response = await fetch(url, { method: "POST", body });
+    const response = await fetch(url, { method: "POST", body, headers: authHeaders() });
     reply = await response.json();
+    if (response.status === 401) askForKey(reply.detail);
     if (!response.ok) throw new Error(typeof reply.detail === "string" ? reply.detail : JSON.stringify(reply.detail));
   } catch (error) {
     setStatus(status, `error: ${error.message}`, true);
@@ -197,18 +228,27 @@ async function uploadImage(event) {
   }
 }
 
+// Shows the model in the header; false when the server wants an API key (the key form is then shown).
 async function showModel() {
   try {
-    const info = await (await fetch("/model")).json();
+    const response = await fetch("/model", { headers: authHeaders() });
+    const info = await response.json();
+    if (response.status === 401) {
+      $("model").textContent = "API key required";
+      askForKey(apiKey ? `that key was refused: ${info.detail}` : info.detail);
+      return false;
+    }
     $("model").textContent = `${info.name} · ${info.input_size}px · ${info.backend} ${info.precision} · ${info.classes.length} classes`;
   } catch (error) {
     $("model").textContent = "model info unavailable";
   }
+  return true;
 }
 
 $("start").addEventListener("click", startCamera);
 $("stop").addEventListener("click", stopCamera);
 $("threshold").addEventListener("change", () => { if (socket) socket.close(); });
 $("upload-form").addEventListener("submit", uploadImage);
+$("key-form").addEventListener("submit", useKey);
 showModel();
 if (new URLSearchParams(location.search).has("autostart")) startCamera();
