@@ -98,3 +98,39 @@ def test_page_streams_the_camera_and_draws_a_box_on_the_person(person_checkpoint
     assert "detections in" in browser.find_element(By.ID, "upload-status").text
     browser.save_screenshot(str(tmp_path / "upload.png"))
     assert (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_page_asks_for_the_api_key_and_streams_with_it(person_checkpoint, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server = shared_service(person_checkpoint, max_body_size=SMALL_BODY_LIMIT, api_keys="page-key-1")
+    browser.get(f"{server.url}/")
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda d: d.find_element(By.ID, "key-form").is_displayed())
+    assert browser.find_element(By.ID, "model").text == "API key required"
+    assert "missing API key" in browser.find_element(By.ID, "key-status").text
+
+    def enter_key(key):
+        browser.find_element(By.ID, "api-key").send_keys(key)
+        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+
+    enter_key("wrong-key")
+    wait.until(lambda d: "refused" in d.find_element(By.ID, "key-status").text)
+    assert browser.find_element(By.ID, "key-form").is_displayed()
+    enter_key("page-key-1")
+    wait.until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+    assert not browser.find_element(By.ID, "key-form").is_displayed()
+
+    browser.find_element(By.ID, "start").click()  # the WebSocket carries the key as a subprotocol
+    try:
+        WebDriverWait(browser, 60).until(lambda d: d.execute_script("return window.ssdlite.frames") >= 3)
+    finally:
+        browser.save_screenshot(str(tmp_path / "page-with-key.png"))
+    state = browser.execute_script("return window.ssdlite")
+    assert state["errors"] == 0 and state["connected"] and not state["needsKey"]
+    assert state["detections"][0]["label"] == "person"
+    browser.find_element(By.ID, "file").send_keys(str(PHOTOS / "astronaut.jpg"))  # and the upload its header
+    browser.find_element(By.CSS_SELECTOR, "#upload-form button").click()
+    WebDriverWait(browser, 30).until(lambda d: "detections in" in d.find_element(By.ID, "upload-status").text)
+    assert "page-key-1" not in server.output
