@@ -10,6 +10,7 @@ Headless machines: ``--no-display --output out.mp4`` (and ``--json`` for one JSO
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -20,7 +21,8 @@ import cv2
 class RemoteDetector:
     """Detection through a running service's ``/ws``: one JPEG frame out, one JSON answer back."""
 
-    def __init__(self, url: str, score_threshold: float, jpeg_quality: int = 80):
+    def __init__(self, url: str, score_threshold: float, jpeg_quality: int = 80, api_key: str | None = None):
+        from websockets.exceptions import InvalidStatus
         from websockets.sync.client import connect
 
         parts = urlsplit(url if "://" in url else f"http://{url}")
@@ -32,9 +34,15 @@ class RemoteDetector:
         self.jpeg_quality = jpeg_quality
         self._connection = contextlib.ExitStack()
         try:
+            headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
             self.socket = self._connection.enter_context(
-                connect(self.endpoint, compression=None, max_size=None, open_timeout=10)
+                connect(self.endpoint, compression=None, max_size=None, open_timeout=10, additional_headers=headers)
             )
+        except InvalidStatus as error:
+            if error.response.status_code != 401:
+                raise ConnectionError(f"{self.endpoint} did not accept a WebSocket: {error}") from None
+            problem = "refused the API key" if api_key else "needs an API key"
+            raise ConnectionError(f"the service at {self.endpoint} {problem} (--api-key or SSDLITE_API_KEY)") from None
         except (OSError, TimeoutError) as error:
             raise ConnectionError(f"cannot reach the service at {self.endpoint}: {error}") from None
         except Exception as error:  # websockets' handshake errors (HTTP status, bad response)
@@ -93,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service.webcam", description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="0", help="camera index, video file or stream URL (default 0)")
     parser.add_argument("--url", help="detect through a running service (http://host:8000) instead of locally")
+    parser.add_argument("--api-key", default=os.environ.get("SSDLITE_API_KEY"),
+                        help="the service's API key, if it wants one (default: $SSDLITE_API_KEY)")
     parser.add_argument("--model", default="tf-pedestrian", help="local model: zoo name or checkpoint/.onnx path")
     parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime", help="local backend")
     parser.add_argument("--score-threshold", type=float, default=0.5)
@@ -111,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         capture = open_source(args.source)
         if args.url:
-            detect = RemoteDetector(args.url, args.score_threshold)
+            detect = RemoteDetector(args.url, args.score_threshold, api_key=args.api_key)
         else:
             detect = LocalDetector(args.model, args.backend, args.score_threshold)
     except Exception as error:  # noqa: BLE001 - a bad source, URL or model ends the demo with its reason

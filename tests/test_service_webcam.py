@@ -62,3 +62,14 @@ def test_bad_source_url_and_threshold_end_with_a_message(clip, capsys):
     assert main(["--source", str(clip), "--url", f"http://127.0.0.1:{free_port()}", "--no-display"]) == 2
     assert "cannot reach the service" in capsys.readouterr().err
     assert main(["--source", str(clip), "--score-threshold", "2", "--no-display"]) == 2
+
+
+def test_through_a_service_with_api_keys(clip, person_checkpoint, capsys):
+    server = shared_service(person_checkpoint, max_body_size=SMALL_BODY_LIMIT, api_keys="page-key-1")
+    argv = ["--source", str(clip), "--url", server.url, "--no-display", "--json", "--max-frames", "2"]
+    assert main(argv) == 2
+    assert "needs an API key (--api-key or SSDLITE_API_KEY)" in capsys.readouterr().err
+    assert main([*argv, "--api-key", "wrong"]) == 2
+    assert "refused the API key" in capsys.readouterr().err
+    assert main([*argv, "--api-key", "page-key-1"]) == 0
+    assert [line["frame"] for line in json_lines(capsys.readouterr().out)] == [1, 2]
