@@ -188,14 +188,22 @@ def wait_until_ready(process: subprocess.Popen, url: str, timeout: float):
 class Server:
     """A server subprocess on a free loopback port, waited on until /readyz answers 200."""
 
-    def __init__(self, command: list[str], env: dict[str, str]):
-        """``command`` gets ``--port PORT`` appended."""
+    def __init__(self, command: list[str], env: dict[str, str], log: Path | None = None):
+        """``command`` gets ``--port PORT`` appended; its output goes to ``log`` if given."""
         self.port = free_port()
         self.command = [*command, "--port", str(self.port)]
         self.env = {**os.environ, **env}
+        self.log = log
 
     def __enter__(self) -> "Server":
-        self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env)
+        output = open(self.log, "wb") if self.log else None  # noqa: SIM115 - the child holds it open
+        try:
+            self.process = subprocess.Popen(
+                self.command, cwd=ROOT, env=self.env, stdout=output, stderr=output and subprocess.STDOUT
+            )
+        finally:
+            if output:
+                output.close()
         try:
             wait_until_ready(self.process, f"http://127.0.0.1:{self.port}", 300)
         except (RuntimeError, TimeoutError) as error:

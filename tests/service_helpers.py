@@ -1,7 +1,6 @@
 """Shared helpers for the service tests: scripted detectors, test images, a served subprocess."""
 
 import atexit
-import functools
 import io
 import os
 import subprocess
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.bad_inputs import bad_inputs as bad_inputs  # the corpus lives in bench, shared with bench.soak
 from bench.service import free_port, wait_until_ready
 from ssdlite import Detector, build_model, get_config, save_checkpoint
 from ssdlite.boxes import encode_boxes
@@ -73,26 +73,6 @@ def photo(name: str = "astronaut.jpg") -> bytes:
 
 def photo_640x480(name: str = "astronaut.jpg") -> bytes:
     return encode(Image.open(PHOTOS / name).convert("RGB").resize((640, 480)), quality=90)
-
-
-@functools.cache
-def bad_inputs() -> dict[str, tuple[bytes, tuple[int, ...]]]:
-    """name -> (body, acceptable statuses) for every kind of bad upload the service must refuse."""
-    good = photo()
-    bomb = io.BytesIO()
-    # A 30000x30000 PNG: a few hundred KB on the wire, 2.7 GB once decoded.
-    Image.new("1", (30000, 30000)).save(bomb, "PNG", optimize=False)
-    gif = encode(np.zeros((8, 8, 3), np.uint8), "GIF")
-    return {
-        "empty": (b"", (415, 422)),
-        "text": (b"hello, this is not an image at all", (415, 422)),
-        "truncated jpeg": (good[: len(good) // 2], (415, 422)),
-        "corrupt jpeg": (good[:200] + bytes(range(256)) * 40, (415, 422)),
-        "jpeg header only": (b"\xff\xd8\xff\xe0" + b"\x00" * 20, (415, 422)),
-        "gif": (gif, (415,)),
-        "pdf": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", (415,)),
-        "decompression bomb": (bomb.getvalue(), (413, 422)),
-    }
 
 
 class ServiceProcess:
