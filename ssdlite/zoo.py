@@ -145,9 +145,15 @@ def _quantize(name: str, entry: ZooModel, target: Path, log) -> Path:
     model, class_names = load_checkpoint(fetch(entry.int8_of, log=log))
     calibration = load_calibration_images(SAMPLE_PHOTOS, model.config)
     log(f"quantizing {entry.int8_of} to INT8 (calibrated on {len(calibration.files)} sample photos)")
-    partial = target.with_suffix(".partial")
-    export_onnx(model, class_names, partial, calibration=calibration.images)
-    partial.replace(target)
+    # A file of its own: replicas sharing the cache may build the model at the same time.
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f"{target.name}.", suffix=".partial")
+    os.close(handle)
+    partial = Path(name)
+    try:
+        export_onnx(model, class_names, partial, calibration=calibration.images)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
     log(f"saved {target}")
     return target
 

@@ -122,3 +122,20 @@ def test_zoo_builds_the_int8_person_detector_once_from_the_cached_checkpoint(per
     assert (detector.backend.precision, detector.class_names) == ("int8", ["person"])
     best = detector.predict(read_image(SAMPLE_PHOTOS / "grace_hopper.jpg"))[0]
     assert best["label"] == "person" and best["score"] > 0.5
+
+
+def test_zoo_int8_builds_at_the_same_time_do_not_collide(person_checkpoint, tmp_path, monkeypatch):
+    """Replicas sharing one model cache may all build the INT8 model on their first start."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SSDLITE_HOME", str(tmp_path))
+    (tmp_path / "tf-pedestrian.pt").symlink_to(person_checkpoint)
+    build = "from ssdlite.zoo import fetch; print(fetch('tf-pedestrian-int8', force=True, log=None))"
+    replicas = [subprocess.Popen([sys.executable, "-c", build], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True) for _ in range(2)]
+    outputs = [replica.communicate(timeout=300)[0] for replica in replicas]
+    assert [replica.returncode for replica in replicas] == [0, 0], outputs
+    assert [output.strip().splitlines()[-1] for output in outputs] == [str(tmp_path / "tf-pedestrian-int8.onnx")] * 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tf-pedestrian-int8.onnx", "tf-pedestrian.pt"]
+    assert Detector.load("tf-pedestrian-int8").backend.precision == "int8"
