@@ -24,10 +24,12 @@ def failing_detector(delay: float = 0.0):
     detector = scripted_detector(delay=delay)
     scripted = detector.backend
     detector.fail_next = False
+    detector.failing = threading.Event()  # set while the failing call runs
 
     def backend(batch):
         if detector.fail_next:
             detector.fail_next = False
+            detector.failing.set()
             time.sleep(delay)
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return scripted(batch)
@@ -54,7 +56,7 @@ def test_a_failing_inference_answers_500_for_its_batch_only(caplog):
 
         first = threading.Thread(target=post, args=("failing",))
         first.start()
-        time.sleep(0.15)  # the failing batch is in inference; these two queue for the next one
+        assert detector.failing.wait(10)  # the failing batch is in inference; these two queue for the next one
         others = [threading.Thread(target=post, args=(name,)) for name in ("second", "third")]
         for thread in others:
             thread.start()
