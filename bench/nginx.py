@@ -12,6 +12,7 @@ the requests were shared. Everything (replicas, nginx, load generator) shares th
 
 import argparse
 import asyncio
+import contextlib
 import grp
 import os
 import pwd
@@ -22,7 +23,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .service import ROOT, Server, frame_jpeg, free_port, http_load, multipart_request, wait_until_ready
+from .service import (
+    ROOT,
+    Server,
+    frame_jpeg,
+    free_port,
+    http_load,
+    metric_samples,
+    multipart_request,
+    wait_until_ready,
+)
 
 CONF = ROOT / "deploy" / "nginx.conf"
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -112,13 +122,8 @@ class NginxProxy:
 
 def replica_requests(port: int, route: str = "/detect") -> int:
     """Requests to ``route`` that a replica has answered, from its Prometheus counter."""
-    import httpx
-
-    total = 0
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
-        if line.startswith("ssdlite_http_requests_total{") and f'route="{route}"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    return int(sum(value for series, value in metric_samples(port)
+                   if series.startswith("ssdlite_http_requests_total{") and f'route="{route}"' in series))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -146,20 +151,14 @@ def main(argv: list[str] | None = None) -> dict:
         threads = args.threads or max(1, cores // count)
         env = {"SSDLITE_MODEL": args.model, "SSDLITE_THREADS": str(threads),
                "SSDLITE_ACCESS_LOG": "false", "SSDLITE_LOG_LEVEL": "warning"}
-        replicas = [Server([sys.executable, "-m", "service"], env) for _ in range(count)]
-        try:
-            for replica in replicas:
-                replica.__enter__()
-            with NginxProxy([r.port for r in replicas]) as proxy:
-                request = multipart_request("/detect", proxy.port, jpeg)
-                asyncio.run(http_load(proxy.port, request, 4 * args.concurrency, args.concurrency))  # warm-up
-                before = [replica_requests(r.port) for r in replicas]
-                result = asyncio.run(http_load(proxy.port, request, args.requests, args.concurrency))
-                result["per_replica"] = [replica_requests(r.port) - b for r, b in zip(replicas, before, strict=True)]
-        finally:
-            for replica in replicas:
-                if hasattr(replica, "process"):
-                    replica.__exit__()
+        with contextlib.ExitStack() as stack:
+            replicas = [stack.enter_context(Server([sys.executable, "-m", "service"], env)) for _ in range(count)]
+            proxy = stack.enter_context(NginxProxy([r.port for r in replicas]))
+            request = multipart_request("/detect", proxy.port, jpeg)
+            asyncio.run(http_load(proxy.port, request, 4 * args.concurrency, args.concurrency))  # warm-up
+            before = [replica_requests(r.port) for r in replicas]
+            result = asyncio.run(http_load(proxy.port, request, args.requests, args.concurrency))
+            result["per_replica"] = [replica_requests(r.port) - b for r, b in zip(replicas, before, strict=True)]
         results[count] = result
         print(f"{count:8d} {threads:7d} {result['req_per_s']:8.1f} {result['p50']:8.1f} {result['p95']:8.1f} "
               f"{result['p99']:8.1f} {result['errors']:7d}  {result['per_replica']}", flush=True)

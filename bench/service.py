@@ -41,6 +41,15 @@ def frame_jpeg(width: int = 640, height: int = 480) -> bytes:
     return buffer.getvalue()
 
 
+def post_request(path: str, port: int, body: bytes, content_type: str = "image/jpeg") -> bytes:
+    """The bytes of one HTTP/1.1 ``POST`` with ``body``."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
 def multipart_request(path: str, port: int, jpeg: bytes) -> bytes:
     body = (
         (
@@ -50,11 +59,7 @@ def multipart_request(path: str, port: int, jpeg: bytes) -> bytes:
         + jpeg
         + f"\r\n--{BOUNDARY}--\r\n".encode()
     )
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return head + body
+    return post_request(path, port, body, f"multipart/form-data; boundary={BOUNDARY}")
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
@@ -279,16 +284,26 @@ def run_http(server: "Server", jpeg: bytes, requests: int, concurrency: int) -> 
     return result
 
 
-def mean_batch_size(port: int) -> float:
-    """Images per inference call so far, from the service's Prometheus histogram."""
+def metric_samples(port: int) -> list[tuple[str, float]]:
+    """The service's Prometheus samples: (name with its labels, value), e.g. ``('x_total{route="/detect"}', 3.0)``."""
     import httpx
 
-    values = {}
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("ssdlite_inference_batch_size_sum", "ssdlite_inference_batch_size_count"):
-            values[name] = float(value)
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
+    return [(series, float(value)) for series, _, value in
+            (line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#"))]
+
+
+def mean_batch_size(port: int) -> float:
+    """Images per inference call so far, from the service's Prometheus histogram."""
+    values = dict(metric_samples(port))
     return values["ssdlite_inference_batch_size_sum"] / max(values["ssdlite_inference_batch_size_count"], 1)
+
+
+def load_average_line() -> str:
+    """The 1-minute load average, flagged when the machine is busy enough to slow a benchmark down."""
+    load = os.getloadavg()[0]
+    busy = "  (the machine is busy: figures are pessimistic)" if load > 0.5 * (os.cpu_count() or 1) else ""
+    return f"load average before the run: {load:.2f}{busy}"
 
 
 def print_row(name: str, r: dict, note: str = ""):
@@ -323,11 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"loopback, {args.concurrency} connections, {args.requests} multipart 640x480 JPEG uploads "
         f"({len(jpeg) // 1024} KB) per run; {machine_description()}"
     )
-    load = os.getloadavg()[0]
-    print(
-        f"load average before the run: {load:.2f}"
-        + ("  (the machine is busy: figures are pessimistic)" if load > 0.5 * (os.cpu_count() or 1) else "")
-    )
+    print(load_average_line())
     print(
         f"{'server':58s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'errors':>7s} "
         f"{'srv CPU':>8s} {'gen CPU':>8s}  (CPU ms/request: server, load generator)",

@@ -25,7 +25,6 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import random
 import re
 import socket
@@ -36,7 +35,17 @@ from pathlib import Path
 
 from .bad_inputs import bad_requests
 from .common import machine_description, write_json
-from .service import ROOT, Server, frame_jpeg, multipart_request, percentiles, read_response
+from .service import (
+    ROOT,
+    Server,
+    frame_jpeg,
+    load_average_line,
+    metric_samples,
+    multipart_request,
+    percentiles,
+    post_request,
+    read_response,
+)
 
 GOOD = "good photo"
 GOOD_SHARE = 0.8
@@ -44,14 +53,6 @@ WS_STREAMS = 4
 BODY_LIMIT = 2_000_000  # SSDLITE_MAX_BODY_SIZE of the soaked server: oversize bodies are 3 MB, cheap to send
 RSS_GROWTH_GOAL_MB = 50.0
 NOTABLE_LOG_LINE = re.compile(r"Traceback|ERROR|Exception|CRITICAL|Killed|MemoryError")
-
-
-def raw_request(path: str, port: int, body: bytes, content_type: str = "image/jpeg") -> bytes:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    return head + body
 
 
 class ServerClosedError(ConnectionError):
@@ -146,13 +147,8 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 def server_5xx(port: int) -> int:
     """5xx responses the server has counted since it started (its /metrics)."""
-    import httpx
-
-    total = 0
-    for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text.splitlines():
-        if line.startswith("ssdlite_http_requests_total{") and re.search(r'status="5\d\d"', line):
-            total += round(float(line.rsplit(" ", 1)[1]))
-    return total
+    return round(sum(value for series, value in metric_samples(port)
+                     if series.startswith("ssdlite_http_requests_total{") and re.search(r'status="5\d\d"', series)))
 
 
 def plan(total: int, kinds: list[str], seed: int) -> list[tuple[str, int]]:
@@ -473,7 +469,7 @@ def measure(server: Server, jpeg: bytes, corpus: dict, args) -> dict:
     requests = {GOOD: [multipart_request("/detect", port, jpeg)]}
     for kind, bad in corpus.items():
         path = f"/detect?{bad.query}" if bad.query else "/detect"
-        requests[kind] = [multipart_request(path, port, bad.body), raw_request(path, port, bad.body)]
+        requests[kind] = [multipart_request(path, port, bad.body), post_request(path, port, bad.body)]
     statuses = {GOOD: (200,), **{kind: bad.statuses for kind, bad in corpus.items()}}
 
     def run(total: int, seed: int) -> dict:
@@ -533,12 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.requests} requests ({GOOD_SHARE:.0%} 640x480 JPEG photos, {1 - GOOD_SHARE:.0%} bad inputs of "
         f"{len(corpus)} kinds), body limit {BODY_LIMIT} bytes, at most {args.duration:g} s; {machine_description()}"
     )
-    load = os.getloadavg()[0]
-    print(
-        f"load average before the run: {load:.2f}"
-        + ("  (the machine is busy: figures are pessimistic)" if load > 0.5 * (os.cpu_count() or 1) else ""),
-        flush=True,
-    )
+    print(load_average_line(), flush=True)
     with tempfile.TemporaryDirectory() as scratch, contextlib.ExitStack() as stack:
         log_path = Path(args.server_log or Path(scratch) / "server.log")
         env = {
