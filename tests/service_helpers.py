@@ -2,7 +2,9 @@
 
 import atexit
 import io
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -73,6 +75,22 @@ def photo(name: str = "astronaut.jpg") -> bytes:
 
 def photo_640x480(name: str = "astronaut.jpg") -> bytes:
     return encode(Image.open(PHOTOS / name).convert("RGB").resize((640, 480)), quality=90)
+
+
+def read_raw_response(sock: socket.socket) -> tuple[int, dict]:
+    """(status, JSON body) of one HTTP response read from a raw socket; Content-Length says where it ends."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"the server closed the connection after {received!r}")
+        received += chunk
+    head, body = received.split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:"))
+    while len(body) < length and (chunk := sock.recv(65536)):
+        body += chunk
+    return int(head.split()[1]), json.loads(body)
 
 
 class ServiceProcess:

@@ -59,13 +59,11 @@ def test_metrics_can_be_left_open_for_a_scraper():
 
 
 def test_websocket_takes_the_key_as_query_parameter_or_subprotocol(client):
-    with pytest.raises(WebSocketDenialResponse) as refused:
-        with client.websocket_connect("/ws"):
-            pass
+    with pytest.raises(WebSocketDenialResponse) as refused, client.websocket_connect("/ws"):
+        pass
     assert refused.value.status_code == 401 and "missing API key" in refused.value.json()["detail"]
-    with pytest.raises(WebSocketDenialResponse) as wrong:
-        with client.websocket_connect("/ws?api_key=nope"):
-            pass
+    with pytest.raises(WebSocketDenialResponse) as wrong, client.websocket_connect("/ws?api_key=nope"):
+        pass
     assert wrong.value.status_code == 401 and wrong.value.json()["detail"] == "invalid API key"
 
     with client.websocket_connect("/ws?api_key=k3y-one") as ws:

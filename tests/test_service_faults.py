@@ -1,6 +1,7 @@
 """Faults cost nothing but the failed request: a failing model, clients that leave, slow clients, big bodies."""
 
 import asyncio
+import contextlib
 import http.client
 import json
 import logging
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 
 from service import Settings, create_app
 
-from .service_helpers import ServiceProcess, photo, scripted_detector, small_checkpoint
+from .service_helpers import ServiceProcess, photo, read_raw_response, scripted_detector, small_checkpoint
 
 
 def failing_detector(delay: float = 0.0):
@@ -174,36 +175,21 @@ def strict_server(tmp_path_factory):
         yield server
 
 
-def read_status_and_body(sock: socket.socket) -> tuple[int, dict]:
-    received = b""
-    while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < int(
-        next(line.split(b":")[1] for line in received.split(b"\r\n") if line.lower().startswith(b"content-length"))
-    ):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        received += chunk
-    head, body = received.split(b"\r\n\r\n", 1)
-    return int(head.split()[1]), json.loads(body)
-
-
 def test_slow_clients_get_408_and_hold_nobody_back(strict_server):
     host, port = "127.0.0.1", strict_server.port
     slow = []
     for _ in range(20):
         sock = socket.create_connection((host, port), timeout=10)
-        sock.sendall(f"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                     f"Content-Length: 100000\r\n\r\n".encode() + photo()[:100])
+        sock.sendall(b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + photo()[:100])
         slow.append(sock)
     stop = threading.Event()
 
     def trickle():
         while not stop.is_set():
             for sock in slow:
-                try:
+                with contextlib.suppress(OSError):
                     sock.send(b"\x00")
-                except OSError:
-                    pass
             time.sleep(0.2)
 
     trickler = threading.Thread(target=trickle, daemon=True)
@@ -213,7 +199,7 @@ def test_slow_clients_get_408_and_hold_nobody_back(strict_server):
         response = httpx.post(f"{strict_server.url}/detect", content=photo(), timeout=10)
         assert response.status_code == 200 and time.monotonic() - started < 1.0
         for sock in slow:
-            status, body = read_status_and_body(sock)
+            status, body = read_raw_response(sock)
             assert status == 408 and "not received within 1.5 s" in body["detail"]
         assert time.monotonic() - started < 5
     finally:
