@@ -17,7 +17,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY . .
-RUN pip install . \
+RUN pip install ".[serve,train]" \
     && useradd --create-home --uid 1000 app \
     && mkdir -p /models \
     && chown app /models

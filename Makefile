@@ -8,7 +8,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: install serve test test-all bench
+.PHONY: install serve test test-all check bench
 install: $(VENV)/.installed
 
 serve: $(VENV)/.installed
@@ -19,6 +19,13 @@ test: $(VENV)/.installed
 
 test-all: $(VENV)/.installed
 	$(PY) -m pytest
+
+# What CI runs before the tests (and .pre-commit-config.yaml on each commit): lint, format, types, docs.
+check: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
 
 bench: $(VENV)/.installed
 	$(PY) -m bench.latency

@@ -80,9 +80,9 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou
 
 from ssdlite import PRESETS, build_model
-from ssdlite.anchors import feature_map_sizes, generate_anchors
-from ssdlite.loss import BACKGROUND, SSDLoss
-from ssdlite.postprocess import Detections
+from ssdlite.core.anchors import feature_map_sizes, generate_anchors
+from ssdlite.core.loss import BACKGROUND, SSDLoss
+from ssdlite.core.postprocess import Detections
 from train.data import CocoDetection, collate, worker_init
 from train.engine import evaluate
 from train.evaluation import CocoEvaluator, EvalResult

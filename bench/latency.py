@@ -16,10 +16,10 @@ import torch
 import torchvision
 
 from ssdlite import PRESETS, Detector, build_model
-from ssdlite.backends import OnnxRuntimeBackend, onnxruntime_session
-from ssdlite.export import export_onnx
+from ssdlite.deploy import export_onnx
+from ssdlite.deploy.int8 import load_calibration_images
 from ssdlite.images import SAMPLE_PHOTOS
-from ssdlite.quantize import load_calibration_images
+from ssdlite.runtime.backends import OnnxRuntimeBackend, onnxruntime_session
 
 from .common import (
     count_parameters,
@@ -38,7 +38,7 @@ TORCH_ROW = "ours torch float32"
 
 def our_model(name: str = "ssdlite320_mobilenet_v2"):
     model = build_model(name, num_classes=NUM_CLASSES).eval()
-    sigmoid = model.config.score_function == "sigmoid"
+    sigmoid = model.config.postprocess.score_function == "sigmoid"
     make_background_dominant([p[-1] for p in model.class_head.predictors], NUM_CLASSES, sigmoid)
     return model
 

@@ -26,7 +26,7 @@ import torchvision
 from torch.utils.data import DataLoader
 
 from ssdlite import Detector, build_model
-from ssdlite.loss import SSDLoss, pad_targets
+from ssdlite.core.loss import SSDLoss, pad_targets
 
 from .common import machine_description, make_background_dominant, write_json
 

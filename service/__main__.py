@@ -8,6 +8,16 @@ import argparse
 import logging
 import sys
 
+import uvicorn
+from pydantic import ValidationError
+
+from ssdlite.runtime import BACKENDS
+
+from .app import create_app
+from .auth import ApiKeyConfigError, load_api_keys
+from .model import load_detector
+from .settings import Settings
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -19,20 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--model", help="model-zoo name or checkpoint/.onnx path (default tf-pedestrian)")
-    parser.add_argument("--backend", choices=("auto", "onnxruntime", "torch"))
+    parser.add_argument("--backend", choices=("auto", *BACKENDS))
     parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-    from pydantic import ValidationError
-
-    from .app import create_app
-    from .auth import ApiKeyConfigError, load_api_keys
-    from .model import load_detector
-    from .settings import Settings
-
     args = build_parser().parse_args(argv)
     try:
         settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})

@@ -4,12 +4,16 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
+
+from ssdlite import draw_detections
+from ssdlite.runtime import UnknownClassError, check_classes
 
 from .auth import SUBPROTOCOL
 from .decoding import ImageError, decode_image, encode_jpeg
@@ -61,21 +65,50 @@ BATCH_BODY = {
 ERRORS = {status: {"model": Problem} for status in (401, 408, 413, 415, 422, 500, 503)}
 
 
-def detect_options(runtime: Runtime, score_threshold, max_detections, classes) -> DetectOptions:
-    """Fills in the server defaults and checks class names against the model's (422 if unknown)."""
-    names = None
-    if classes:
-        names = tuple(dict.fromkeys(n.strip() for item in classes for n in item.split(",") if n.strip())) or None
-        known = runtime.detector.class_names
-        unknown = sorted(set(names or ()) - set(known))
-        if unknown:
-            raise HTTPException(422, f"unknown class names {unknown}; this model knows {known}")
+@dataclass(frozen=True)
+class DetectQuery:
+    """The detection options a request's query string carries, as given (``None``: not given)."""
+
+    score_threshold: float | None
+    max_detections: int | None
+    classes: tuple[str, ...] | None
+
+
+def detect_query(
+    score_threshold: ScoreThreshold = None, max_detections: MaxDetections = None, classes: Classes = None
+) -> DetectQuery:
+    names = tuple(dict.fromkeys(n.strip() for item in classes or () for n in item.split(",") if n.strip()))
+    return DetectQuery(score_threshold, max_detections, names or None)
+
+
+DetectQueryDep = Annotated[DetectQuery, Depends(detect_query)]
+
+
+def resolve_options(runtime: Runtime, query: DetectQuery) -> DetectOptions:
+    """Fills in the server defaults and checks class names against the model's.
+
+    Raises:
+        UnknownClassError: a class name the model does not know.
+    """
+    if query.classes:
+        check_classes(query.classes, runtime.detector.class_names)
     settings = runtime.settings
     return DetectOptions(
-        score_threshold=settings.score_threshold if score_threshold is None else score_threshold,
-        max_detections=settings.max_detections if max_detections is None else max_detections,
-        classes=names,
+        score_threshold=settings.score_threshold if query.score_threshold is None else query.score_threshold,
+        max_detections=settings.max_detections if query.max_detections is None else query.max_detections,
+        classes=query.classes,
     )
+
+
+def detect_options(runtime: RuntimeDep, query: DetectQueryDep) -> DetectOptions:
+    """The options of an HTTP detection request (422 for an unknown class name)."""
+    try:
+        return resolve_options(runtime, query)
+    except UnknownClassError as error:
+        raise HTTPException(422, str(error)) from None
+
+
+DetectOptionsDep = Annotated[DetectOptions, Depends(detect_options)]
 
 
 async def run_detection(runtime: Runtime, data: bytes, options: DetectOptions):
@@ -117,8 +150,6 @@ async def read_images(request: Request, field: str, many: bool, max_files: int) 
 
 
 def render_response(image, detections, quality: int) -> Response:
-    from ssdlite.images import draw_detections
-
     jpeg = encode_jpeg(draw_detections(image, detections), quality)
     return Response(jpeg, media_type="image/jpeg", headers={"X-Detections": str(len(detections))})
 
@@ -132,9 +163,7 @@ def render_response(image, detections, quality: int) -> Response:
 async def detect(
     request: Request,
     runtime: RuntimeDep,
-    score_threshold: ScoreThreshold = None,
-    max_detections: MaxDetections = None,
-    classes: Classes = None,
+    options: DetectOptionsDep,
     render: Annotated[bool, Query(description="answer with the image and its boxes drawn, as JPEG")] = False,
 ):
     """Detects objects in one image: a multipart field ``file``, or the raw image as the body.
@@ -142,7 +171,6 @@ async def detect(
     The image's own bytes decide its format (JPEG, PNG, WebP, BMP, TIFF). Boxes are
     ``[x1, y1, x2, y2]`` in the uploaded image's pixels, after its EXIF orientation.
     """
-    options = detect_options(runtime, score_threshold, max_detections, classes)
     ((_, data),) = await read_images(request, "file", many=False, max_files=runtime.settings.max_files)
     image, result, timing = await run_detection(runtime, data, options)
     if render:
@@ -164,27 +192,14 @@ async def detect(
     responses={**ERRORS, 200: {"content": {"image/jpeg": {}}, "description": "the image with boxes drawn"}},
     openapi_extra=IMAGE_BODY,
 )
-async def detect_render(
-    request: Request,
-    runtime: RuntimeDep,
-    score_threshold: ScoreThreshold = None,
-    max_detections: MaxDetections = None,
-    classes: Classes = None,
-):
+async def detect_render(request: Request, runtime: RuntimeDep, options: DetectOptionsDep):
     """Like ``POST /detect?render=true``: the image with its detections drawn, as JPEG."""
-    return await detect(request, runtime, score_threshold, max_detections, classes, render=True)
+    return await detect(request, runtime, options, render=True)
 
 
 @detection.post("/detect/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=BATCH_BODY)
-async def detect_batch(
-    request: Request,
-    runtime: RuntimeDep,
-    score_threshold: ScoreThreshold = None,
-    max_detections: MaxDetections = None,
-    classes: Classes = None,
-):
+async def detect_batch(request: Request, runtime: RuntimeDep, options: DetectOptionsDep):
     """Detects objects in several images (multipart fields ``files``); one bad image fails the request."""
-    options = detect_options(runtime, score_threshold, max_detections, classes)
     uploads = await read_images(request, "files", many=True, max_files=runtime.settings.max_files)
 
     async def one(index: int, filename: str | None, data: bytes):
@@ -205,13 +220,7 @@ async def detect_batch(
 
 
 @stream.websocket("/ws")
-async def detect_stream(
-    websocket: WebSocket,
-    runtime: RuntimeDep,
-    score_threshold: ScoreThreshold = None,
-    max_detections: MaxDetections = None,
-    classes: Classes = None,
-):
+async def detect_stream(websocket: WebSocket, runtime: RuntimeDep, query: DetectQueryDep):
     """Binary JPEG frames in, one JSON message per answered frame out.
 
     Frames are numbered from 1 in arrival order (``frame_id``). While a frame is being
@@ -222,9 +231,9 @@ async def detect_stream(
     # A browser that offered subprotocols (the API key travels as one) needs one selected back.
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None)
     try:
-        options = detect_options(runtime, score_threshold, max_detections, classes)
-    except HTTPException as error:
-        await websocket.send_json({"status": error.status_code, "error": error.detail})
+        options = resolve_options(runtime, query)
+    except UnknownClassError as error:
+        await websocket.send_json({"status": 422, "error": str(error)})
         await websocket.close(1008)
         return
     frames = runtime.metrics.ws_frames

@@ -17,6 +17,7 @@ from .decoding import ImageError, warm_up_decoder
 from .engine import EngineStoppedError, InferenceEngine, InferenceError, QueueFullError
 from .limits import BodyLimitMiddleware
 from .metrics import HTTPMetricsMiddleware, Metrics
+from .model import describe, load_detector, warm_up
 from .runtime import Runtime
 from .settings import Settings
 
@@ -40,8 +41,6 @@ def create_app(settings: Settings | None = None, detector=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from .model import describe, load_detector, warm_up
-
         redact_api_keys_in_logs()  # here, after uvicorn has configured its loggers
         loaded = detector or await asyncio.to_thread(load_detector, settings)
         decoder = ThreadPoolExecutor(2, thread_name_prefix="decode")

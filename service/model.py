@@ -3,48 +3,28 @@
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from ssdlite import Detector
+from ssdlite.weights.zoo import MODELS
 
 from .schemas import ModelInfo
 from .settings import Settings
 
 
-def resolve_backend(settings: Settings) -> tuple[str, str]:
-    """(backend, device): torch on CUDA when a GPU is there and allowed, else onnxruntime on the CPU."""
-    from ssdlite.zoo import is_onnx
-
-    backend, device = settings.backend, settings.device
-    if is_onnx(settings.model) or backend == "onnxruntime" or (backend == "auto" and device == "cpu"):
-        return "onnxruntime", "cpu"
-    import torch
-
-    cuda = torch.cuda.is_available()
-    if backend == "auto":
-        backend = "torch" if cuda else "onnxruntime"
-    if device == "auto":
-        device = "cuda" if backend == "torch" and cuda else "cpu"
-    return backend, device
-
-
-def load_detector(settings: Settings):
+def load_detector(settings: Settings) -> Detector:
     """The ``ssdlite.Detector`` for ``settings.model`` (a zoo name or a .pt/.onnx path).
 
     Raises:
-        ssdlite.CheckpointError, ssdlite.zoo.ZooError, ValueError, OSError: the model cannot be loaded;
-            the message says why.
+        ssdlite.SSDLiteError, OSError: the model cannot be loaded; the message says why.
     """
-    import torch
-
-    from ssdlite import Detector
-
-    backend, device = resolve_backend(settings)
-    if backend == "onnxruntime":
+    detector = Detector.load(settings.model, backend=settings.backend, device=settings.device, threads=settings.threads)
+    if detector.backend.name == "onnxruntime":
         # torch only resizes, converts and post-processes small tensors here; its thread pool
         # would fight ONNX Runtime's for the cores (on a busy 2-core machine a 0.3 ms
         # conversion took 8 ms with 2 torch threads).
         torch.set_num_threads(1)
-    elif settings.threads:
-        torch.set_num_threads(settings.threads)
-    return Detector.load(settings.model, backend=backend, device=device, threads=settings.threads)
+    return detector
 
 
 def warm_up(detector, max_batch_size: int):
@@ -57,8 +37,6 @@ def warm_up(detector, max_batch_size: int):
 
 def model_name(source: str) -> str:
     """What clients see as the model's name: the zoo name, or a model file's name without the server's path."""
-    from ssdlite.zoo import MODELS
-
     return source if source in MODELS else Path(source).stem
 
 

@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from ssdlite.runtime import BACKENDS
+
 CommaSeparated = Annotated[list[str], NoDecode]
 
 
@@ -17,7 +19,7 @@ class Settings(BaseSettings):
     model: str = Field("tf-pedestrian", description="model-zoo name, or a checkpoint (.pt) or .onnx path")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    backend: Literal["auto", "onnxruntime", "torch"] = Field(
+    backend: Literal[("auto", *BACKENDS)] = Field(  # type: ignore[valid-type]
         "auto", description="auto: torch on CUDA when there is a GPU, else onnxruntime on the CPU"
     )
     device: str = Field("auto", description="torch device for the torch backend (auto, cpu, cuda, cuda:1)")

@@ -17,6 +17,9 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import cv2
 
+from ssdlite import Detector, draw_detections
+from ssdlite.runtime import BACKENDS
+
 
 class RemoteDetector:
     """Detection through a running service's ``/ws``: one JPEG frame out, one JSON answer back."""
@@ -66,8 +69,6 @@ class LocalDetector:
     """Detection in this process with an ``ssdlite.Detector``."""
 
     def __init__(self, model: str, backend: str, score_threshold: float):
-        from ssdlite import Detector
-
         self.detector = Detector.load(model, backend=backend)
         self.score_threshold = score_threshold
 
@@ -88,8 +89,6 @@ def open_source(source: str) -> cv2.VideoCapture:
 
 
 def annotate(frame_bgr, detections: list[dict], fps: float):
-    from ssdlite.images import draw_detections
-
     drawn = cv2.cvtColor(draw_detections(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB), detections), cv2.COLOR_RGB2BGR)
     text = f"{fps:5.1f} FPS  {len(detections)} detections"
     cv2.putText(drawn, text, (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 0, 0), 4, cv2.LINE_AA)
@@ -104,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-key", default=os.environ.get("SSDLITE_API_KEY"),
                         help="the service's API key, if it wants one (default: $SSDLITE_API_KEY)")
     parser.add_argument("--model", default="tf-pedestrian", help="local model: zoo name or checkpoint/.onnx path")
-    parser.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime", help="local backend")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                        help="local backend (auto: onnxruntime on the CPU)")
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
     parser.add_argument("--no-display", action="store_true", help="do not open a window")

@@ -1,27 +1,33 @@
-"""SSDLite object detection on MobileNet backbones."""
+"""SSDLite object detection on MobileNet backbones.
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .detector import Detector
-from .model import PRESETS, SSDLite, SSDLiteConfig, build_model, get_config
+The package is layered, and imports flow down only: ``cli`` > ``runtime`` (backends, loader,
+``Detector``) > ``weights`` (checkpoints, zoo, TF converter) > ``deploy`` (export formats) >
+``images`` > ``core`` (the network and its math) > ``errors``.
+"""
+
+from .core import PRESETS, PostprocessConfig, SSDLite, SSDLiteConfig, build_model, get_config
+from .deploy import export_model, export_onnx
+from .errors import SSDLiteError
+from .images import draw_detections, read_image
+from .runtime import BACKENDS, Detector, load_backend
+from .weights import CheckpointError, load_checkpoint, save_checkpoint
 
 __all__ = [
+    "BACKENDS",
     "PRESETS",
     "CheckpointError",
     "Detector",
+    "PostprocessConfig",
     "SSDLite",
     "SSDLiteConfig",
+    "SSDLiteError",
     "build_model",
+    "draw_detections",
+    "export_model",
     "export_onnx",
     "get_config",
+    "load_backend",
     "load_checkpoint",
+    "read_image",
     "save_checkpoint",
 ]
-
-
-def __getattr__(name: str):
-    # Imported on first use, so `python -m ssdlite.export` does not find its module already loaded.
-    if name == "export_onnx":
-        from .export import export_onnx
-
-        return export_onnx
-    raise AttributeError(f"module 'ssdlite' has no attribute {name!r}")

@@ -1,10 +1,13 @@
-"""Reading images from disk and drawing detections on them."""
+"""Pixels in and out: reading and writing image files, the model input (resize), drawing detections."""
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from PIL import Image
 
 # Two public-domain photos shipped with the package: NASA's portrait of astronaut Eileen Collins
 # (scikit-image's `astronaut`) and the US Navy's of Grace Hopper (matplotlib's sample). The tests,
@@ -28,6 +31,40 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def to_rgb_array(image) -> np.ndarray:
+    """Accepts an RGB uint8 array (H, W[, 1|3|4]), a PIL image or a uint8 CHW tensor."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] not in (1, 3):
+            raise ValueError(f"tensor images must be CHW with 1 or 3 channels, got shape {tuple(image.shape)}")
+        image = image.detach().cpu().permute(1, 2, 0).numpy()
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"expected a numpy array, PIL image or tensor, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) < 1:
+        raise ValueError(f"expected an H x W x 3 RGB image, got shape {image.shape}")
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[:, :, :3]
+
+
+def preprocess(
+    images: Sequence, image_size: int, device: str | torch.device = "cpu"
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Resizes RGB images to ``image_size`` squared; returns ``[N, 3, S, S]`` float pixels and the (H, W) sizes.
+
+    The one preprocessing of inference, INT8 calibration and (through the same cv2 resize) evaluation.
+    """
+    arrays = [to_rgb_array(image) for image in images]
+    resized = np.stack([cv2.resize(a, (image_size, image_size), interpolation=cv2.INTER_LINEAR) for a in arrays])
+    batch = torch.from_numpy(resized).to(device).permute(0, 3, 1, 2).float()
+    return batch, [a.shape[:2] for a in arrays]
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 90):
     """Writes an RGB uint8 image; the format follows the file extension."""
     extension = os.path.splitext(str(path))[1].lower() or ".jpg"
@@ -40,7 +77,7 @@ def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 
 
 def _colour(class_id: int) -> tuple[int, int, int]:
     hue = (class_id * 47) % 180
-    bgr = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
+    bgr = cv2.cvtColor(np.array([[[hue, 220, 255]]], dtype=np.uint8), cv2.COLOR_HSV2BGR)[0, 0]
     return int(bgr[2]), int(bgr[1]), int(bgr[0])
 
 

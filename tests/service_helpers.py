@@ -18,7 +18,7 @@ from PIL import Image
 from bench.bad_inputs import bad_inputs as bad_inputs  # the corpus lives in bench, shared with bench.soak
 from bench.service import free_port, wait_until_ready
 from ssdlite import Detector, build_model, get_config, save_checkpoint
-from ssdlite.boxes import encode_boxes
+from ssdlite.core.boxes import encode_boxes
 from ssdlite.images import SAMPLE_PHOTOS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def scripted_detector(box=(0.25, 0.5, 0.75, 1.0), delay: float = 0.0) -> Detecto
     detector = Detector(None, config, CLASS_NAMES)
     anchors = detector.anchors
     target = torch.tensor(box, dtype=torch.float32)
-    deltas = encode_boxes(target.expand(anchors.shape[0], 4), anchors, config.box_weights)
+    deltas = encode_boxes(target.expand(anchors.shape[0], 4), anchors, config.postprocess.box_weights)
     logits = torch.full((anchors.shape[0], config.num_classes), -10.0)
     logits[:, 0] = 10.0
     centre = (target[:2] + target[2:]) / 2

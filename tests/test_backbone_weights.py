@@ -12,12 +12,12 @@ import torch
 import torchvision
 from torch import nn
 
-from ssdlite.backbones.imagenet import (
+from ssdlite.core.backbones.imagenet import (
     BackboneWeightsError,
     check_backbone_weights,
     load_backbone_weights,
 )
-from ssdlite.model import IMAGENET_MEAN, IMAGENET_STD, SSDLite, build_model, get_config
+from ssdlite.core.model import IMAGENET_MEAN, IMAGENET_STD, SSDLite, build_model, get_config
 
 from .test_backbones import assert_nontrivial, calibrate_bn
 

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ssdlite.backbones import BACKBONES, build_backbone
-from ssdlite.backbones.mobilenet_v3 import MobileNetV3
-from ssdlite.layers import Conv2dSame, ConvBNAct, conv2d
+from ssdlite.core.backbones import BACKBONES, build_backbone
+from ssdlite.core.backbones.mobilenet_v3 import MobileNetV3
+from ssdlite.core.layers import Conv2dSame, ConvBNAct, conv2d
 
 
 def num_params(module: nn.Module) -> int:

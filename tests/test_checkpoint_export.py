@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from ssdlite import CheckpointError, Detector, build_model, load_checkpoint, save_checkpoint
-from ssdlite.backends import OnnxRuntimeBackend
-from ssdlite.export import export_onnx
-from ssdlite.export import main as export_main
+from ssdlite.cli.export import main as export_main
+from ssdlite.deploy import export_onnx
+from ssdlite.runtime.backends import OnnxRuntimeBackend
 
 from .conftest import randomize_batchnorm
 

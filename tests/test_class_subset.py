@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssdlite.postprocess import Detections
+from ssdlite.core.postprocess import Detections
 from train.data import ClassListError, CocoDetection, DataError, parse_class_list
 from train.evaluation import CocoEvaluator
 

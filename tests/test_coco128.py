@@ -7,7 +7,7 @@ they check that real data goes through every path, not what the model learns.
 
 import json
 
-from ssdlite.checkpoint import read_checkpoint
+from ssdlite.weights.checkpoint import read_checkpoint
 from tests.test_yolo_data import write_yolo_copy
 from train import coco as train_coco
 
@@ -81,13 +81,13 @@ def test_eval_only_of_the_person_detector_writes_original_category_ids(coco128, 
 
 def test_int8_person_detector_keeps_its_person_ap_on_real_photos(coco128, person_checkpoint, tmp_path, monkeypatch):
     """The zoo's INT8 build, scored through --eval-only like the float one (0.195 / 0.390 measured)."""
-    from ssdlite.zoo import fetch
+    from ssdlite.weights.zoo import fetch
 
     cache = tmp_path / "zoo"
     cache.mkdir()
     (cache / "tf-pedestrian.pt").symlink_to(person_checkpoint)
     monkeypatch.setenv("SSDLITE_HOME", str(cache))
-    int8 = fetch("tf-pedestrian-int8", log=None)
+    int8 = fetch("tf-pedestrian-int8")
     ann, images = str(annotation_file(coco128)), str(coco128 / "train2017")
     args = ["--eval-only", "--weights", str(int8), "--val-ann", ann, "--val-images", images, "--device", "cpu"]
     assert train_coco.main([*args, "--no-progress", "--workers", "0", "--output-dir", str(tmp_path / "eval")]) == 0

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from ssdlite import Detector, load_checkpoint
-from ssdlite.boxes import cxcywh_to_xyxy, pairwise_iou
-from ssdlite.convert.__main__ import main as convert_main
-from ssdlite.convert.tf_graph import ConversionError, convert_tf_graph
+from ssdlite.cli.convert import main as convert_main
+from ssdlite.core.boxes import cxcywh_to_xyxy, pairwise_iou
 from ssdlite.images import SAMPLE_PHOTOS, read_image
-from ssdlite.zoo import ZooError, fetch
+from ssdlite.weights.convert.tf_graph import ConversionError, convert_tf_graph
+from ssdlite.weights.zoo import ZooError, fetch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PHOTOS = ["astronaut", "grace_hopper"]
@@ -31,8 +31,9 @@ def test_config_read_from_the_graph(person_model):
     config = model.config
     assert class_names == ["person"] and config.num_classes == 2
     assert config.image_size == 300 and config.anchor_style == "tf" and config.padding == "same"
-    assert config.score_function == "sigmoid" and config.box_weights == (10.0, 10.0, 5.0, 5.0)
-    assert config.nms_iou == 0.6 and config.max_detections == 100
+    post = config.postprocess
+    assert post.score_function == "sigmoid" and post.box_weights == (10.0, 10.0, 5.0, 5.0)
+    assert post.nms_iou == 0.6 and post.max_detections == 100
     assert config.bn_eps == pytest.approx(1e-3)
 
 
@@ -92,7 +93,7 @@ def tf_graph_file(tmp_path_factory):
     import sys
     import zipfile
 
-    from ssdlite.zoo import MODELS
+    from ssdlite.weights.zoo import MODELS
 
     directory = tmp_path_factory.mktemp("tf-graph")
     entry = MODELS["tf-pedestrian"]
@@ -146,6 +147,6 @@ def test_tf_model_zoo_fetch_fails_clearly_offline(tmp_path, monkeypatch):
     except OSError:
         pass
     monkeypatch.setenv("SSDLITE_HOME", str(tmp_path))
-    with pytest.raises(ZooError, match="offline.*python -m ssdlite.zoo fetch tf-coco"):
-        fetch("tf-coco", log=None)
+    with pytest.raises(ZooError, match="offline.*ssdlite zoo fetch tf-coco"):
+        fetch("tf-coco")
     assert not list(tmp_path.iterdir())

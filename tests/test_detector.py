@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 
 from ssdlite import Detector
-from ssdlite.boxes import encode_boxes
+from ssdlite.core.boxes import encode_boxes
 
 
 def detector_that_sees(box_xyxy_normalised, config_model):
@@ -12,7 +12,7 @@ def detector_that_sees(box_xyxy_normalised, config_model):
     model = config_model
     anchors = model.anchors
     target = torch.tensor(box_xyxy_normalised)
-    deltas = encode_boxes(target.expand(anchors.shape[0], 4), anchors, model.config.box_weights)
+    deltas = encode_boxes(target.expand(anchors.shape[0], 4), anchors, model.config.postprocess.box_weights)
     logits = torch.full((anchors.shape[0], model.config.num_classes), -10.0)
     logits[:, 0] = 10.0
     best = torch.argmin((anchors[:, :2] - (target[:2] + target[2:]) / 2).norm(dim=1) + (anchors[:, 2:] - 0.3).abs().sum(1))
@@ -84,7 +84,7 @@ def test_detect_cli_reports_bad_files_and_keeps_going(tmp_path, small_model, cap
     import cv2
 
     from ssdlite import save_checkpoint
-    from ssdlite.detect import main as detect_main
+    from ssdlite.cli.detect import main as detect_main
 
     checkpoint = save_checkpoint(tmp_path / "model.pt", small_model, ["cat", "dog", "bird"])
     good = tmp_path / "good.png"
@@ -104,7 +104,7 @@ def test_detect_cli_reports_bad_files_and_keeps_going(tmp_path, small_model, cap
 
 
 def test_detect_cli_rejects_a_bad_model(tmp_path, capsys):
-    from ssdlite.detect import main as detect_main
+    from ssdlite.cli.detect import main as detect_main
 
     bogus = tmp_path / "bogus.pt"
     bogus.write_bytes(b"nope")

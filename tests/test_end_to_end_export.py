@@ -15,12 +15,12 @@ import pytest
 import torch
 
 from ssdlite import Detector, load_checkpoint, save_checkpoint
-from ssdlite.backends import OnnxRuntimeBackend
-from ssdlite.boxes import pairwise_iou
-from ssdlite.export import export_onnx
-from ssdlite.export import main as export_main
+from ssdlite.cli.export import main as export_main
+from ssdlite.core.boxes import pairwise_iou
+from ssdlite.deploy import export_onnx
+from ssdlite.deploy.int8 import load_calibration_images
 from ssdlite.images import SAMPLE_PHOTOS, read_image
-from ssdlite.quantize import load_calibration_images
+from ssdlite.runtime.backends import OnnxRuntimeBackend
 
 # Runs an end-to-end file on a saved batch with nothing but onnxruntime and numpy.
 RUNNER = textwrap.dedent(
@@ -54,7 +54,7 @@ def photos() -> list[np.ndarray]:
 
 def assert_same_detections(got: dict, detector: Detector, images: list[np.ndarray], batch_sizes):
     expected = detector.predict_batch(images)
-    max_detections = detector.config.max_detections
+    max_detections = detector.config.postprocess.max_detections
     assert got["boxes"].shape == (len(images), max_detections, 4) and got["boxes"].dtype == np.float32
     assert got["scores"].shape == (len(images), max_detections)
     assert got["labels"].shape == (len(images), max_detections) and got["labels"].dtype == np.int64
@@ -79,7 +79,7 @@ def test_person_detector_end_to_end_matches_detector_predict(person_checkpoint, 
     assert "NonMaxSuppression" in {node.op_type for node in proto.graph.node}
     metadata = {p.key: p.value for p in proto.metadata_props}
     model, class_names = load_checkpoint(person_checkpoint)
-    config = model.config
+    config = model.config.postprocess
     assert json.loads(metadata["postprocess"]) == {
         "score_threshold": config.score_threshold,
         "nms_iou": config.nms_iou,
@@ -104,10 +104,10 @@ def test_postprocess_graph_matches_the_torch_postprocess(score_function):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from ssdlite.anchors import anchors_for
-    from ssdlite.end_to_end import append_postprocess
-    from ssdlite.model import get_config
-    from ssdlite.postprocess import postprocess
+    from ssdlite.core.anchors import anchors_for
+    from ssdlite.core.model import get_config
+    from ssdlite.core.postprocess import postprocess
+    from ssdlite.deploy.end_to_end import append_postprocess
 
     config = get_config(
         "ssdlite320_mobilenet_v2",
@@ -137,17 +137,7 @@ def test_postprocess_graph_matches_the_torch_postprocess(score_function):
     boxes, scores, labels, count = session.run(
         None, {"raw_box_regression": deltas.numpy(), "raw_class_logits": logits.numpy()}
     )
-    expected = postprocess(
-        deltas,
-        logits,
-        anchors,
-        box_weights=config.box_weights,
-        score_function=score_function,
-        score_threshold=config.score_threshold,
-        nms_iou=config.nms_iou,
-        max_detections=config.max_detections,
-        candidates_per_image=config.candidates_per_image,
-    )
+    expected = postprocess(deltas, logits, anchors, config.postprocess)
     assert count.tolist() == [len(d.scores) for d in expected] and count[0] == 50 and count[2] == 0
     for i, detections in enumerate(expected):
         n = count[i]

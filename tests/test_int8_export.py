@@ -7,11 +7,11 @@ import onnx
 import pytest
 
 from ssdlite import Detector, save_checkpoint
-from ssdlite.backends import OnnxRuntimeBackend
-from ssdlite.boxes import pairwise_iou
-from ssdlite.export import main as export_main
+from ssdlite.cli.export import main as export_main
+from ssdlite.core.boxes import pairwise_iou
+from ssdlite.deploy.int8 import CalibrationError, load_calibration_images
 from ssdlite.images import SAMPLE_PHOTOS, read_image
-from ssdlite.quantize import CalibrationError, load_calibration_images
+from ssdlite.runtime.backends import OnnxRuntimeBackend
 
 from .conftest import randomize_batchnorm
 
@@ -105,18 +105,19 @@ def test_calibration_images_go_through_the_detectors_preprocessing(small_model):
         load_calibration_images(SAMPLE_PHOTOS, small_model.config, limit=0)
 
 
-def test_zoo_builds_the_int8_person_detector_once_from_the_cached_checkpoint(person_checkpoint, tmp_path, monkeypatch):
-    from ssdlite.zoo import fetch
+def test_zoo_builds_the_int8_person_detector_once_from_the_cached_checkpoint(person_checkpoint, tmp_path, monkeypatch, caplog):
+    from ssdlite.weights.zoo import fetch
 
     monkeypatch.setenv("SSDLITE_HOME", str(tmp_path))
     (tmp_path / "tf-pedestrian.pt").symlink_to(person_checkpoint)  # already fetched: no network
-    messages = []
-    path = fetch("tf-pedestrian-int8", log=messages.append)
+    caplog.set_level("INFO", logger="ssdlite")
+    path = fetch("tf-pedestrian-int8")
+    messages = [record.getMessage() for record in caplog.records]
     assert path == tmp_path / "tf-pedestrian-int8.onnx"
     assert any(m.startswith("quantizing tf-pedestrian to INT8") for m in messages)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tf-pedestrian-int8.onnx", "tf-pedestrian.pt"]
     built = path.stat().st_mtime_ns
-    assert fetch("tf-pedestrian-int8", log=messages.append) == path and path.stat().st_mtime_ns == built
+    assert fetch("tf-pedestrian-int8") == path and path.stat().st_mtime_ns == built
 
     detector = Detector.load("tf-pedestrian-int8")
     assert (detector.backend.precision, detector.class_names) == ("int8", ["person"])
@@ -131,7 +132,7 @@ def test_zoo_int8_builds_at_the_same_time_do_not_collide(person_checkpoint, tmp_
 
     monkeypatch.setenv("SSDLITE_HOME", str(tmp_path))
     (tmp_path / "tf-pedestrian.pt").symlink_to(person_checkpoint)
-    build = "from ssdlite.zoo import fetch; print(fetch('tf-pedestrian-int8', force=True, log=None))"
+    build = "from ssdlite.weights.zoo import fetch; print(fetch('tf-pedestrian-int8', force=True))"
     replicas = [subprocess.Popen([sys.executable, "-c", build], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True) for _ in range(2)]
     outputs = [replica.communicate(timeout=300)[0] for replica in replicas]

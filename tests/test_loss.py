@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from ssdlite.anchors import generate_anchors
-from ssdlite.boxes import pairwise_iou, xyxy_to_cxcywh
-from ssdlite.loss import TIE_TOLERANCE, SSDLoss, match_anchors, pad_targets
+from ssdlite.core.anchors import generate_anchors
+from ssdlite.core.boxes import pairwise_iou, xyxy_to_cxcywh
+from ssdlite.core.loss import TIE_TOLERANCE, SSDLoss, match_anchors, pad_targets
 
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 NUM_CLASSES = 6

@@ -3,7 +3,7 @@ import torch
 
 from bench.common import count_parameters, multiply_adds
 from ssdlite import PRESETS, SSDLiteConfig, build_model, get_config
-from ssdlite.anchors import feature_map_sizes, generate_anchors, num_anchors_per_location
+from ssdlite.core.anchors import feature_map_sizes, generate_anchors, num_anchors_per_location
 
 
 def test_mobilenet_v2_ssdlite_matches_paper_size():
@@ -42,7 +42,7 @@ def test_ssd_anchors_match_torchvision():
     from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
     from torchvision.models.detection.image_list import ImageList
 
-    from ssdlite.boxes import cxcywh_to_xyxy
+    from ssdlite.core.boxes import cxcywh_to_xyxy
 
     generator = DefaultBoxGenerator([[2, 3]] * 6, min_ratio=0.2, max_ratio=0.95)
     maps = [torch.zeros(1, 1, s, s) for s in feature_map_sizes(320)]

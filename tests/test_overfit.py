@@ -4,8 +4,8 @@ import numpy as np
 import torch
 
 from ssdlite import Detector, build_model
-from ssdlite.boxes import pairwise_iou
-from ssdlite.loss import SSDLoss, pad_targets
+from ssdlite.core.boxes import pairwise_iou
+from ssdlite.core.loss import SSDLoss, pad_targets
 
 SIZE = 128
 CLASS_NAMES = ["square", "disc"]
@@ -46,7 +46,7 @@ def test_overfits_a_handful_of_images():
     torch.manual_seed(0)
     images, targets = make_images(4)
     model = build_model("ssdlite320_mobilenet_v2", num_classes=3, width_mult=0.5, image_size=SIZE)
-    criterion = SSDLoss(model.anchors, model.config.box_weights)
+    criterion = SSDLoss(model.anchors, model.config.postprocess.box_weights)
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
     gt_boxes, gt_labels, _ = pad_targets([b / SIZE for b, _ in targets], [lab for _, lab in targets])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)

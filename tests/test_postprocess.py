@@ -1,9 +1,10 @@
 import torch
 from torchvision.ops import nms
 
-from ssdlite.anchors import generate_anchors
-from ssdlite.boxes import decode_boxes
-from ssdlite.postprocess import class_scores, postprocess
+from ssdlite.core.anchors import generate_anchors
+from ssdlite.core.boxes import decode_boxes
+from ssdlite.core import PostprocessConfig
+from ssdlite.core.postprocess import class_scores, postprocess
 
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
@@ -41,8 +42,9 @@ def test_matches_per_image_per_class_reference():
     class_logits[1] -= 100  # an image with nothing above threshold except background
     class_logits[1, :, 0] += 200
     for score_function in ("softmax", "sigmoid"):
-        ours = postprocess(box_regression, class_logits, anchors, score_function=score_function,
-                           score_threshold=0.2, nms_iou=0.45, max_detections=15, candidates_per_image=200)
+        settings = PostprocessConfig(score_function, score_threshold=0.2, nms_iou=0.45, max_detections=15,
+                                     candidates_per_image=200)
+        ours = postprocess(box_regression, class_logits, anchors, settings)
         ref = reference_postprocess(box_regression, class_logits, anchors, score_function, 0.2, 0.45, 15, 200)
         assert len(ours) == 3
         assert len(ours[1].scores) == 0
@@ -58,7 +60,7 @@ def test_decodes_a_known_box_and_clips_after_nms():
     anchors = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.95, 0.5, 0.2, 0.2]])
     box_regression = torch.zeros(1, 2, 4)
     class_logits = torch.tensor([[[0.0, 5.0], [0.0, 4.0]]])
-    (det,) = postprocess(box_regression, class_logits, anchors, score_function="sigmoid", score_threshold=0.5)
+    (det,) = postprocess(box_regression, class_logits, anchors, PostprocessConfig("sigmoid", score_threshold=0.5))
     torch.testing.assert_close(det.boxes, torch.tensor([[0.4, 0.4, 0.6, 0.6], [0.85, 0.4, 1.0, 0.6]]))
     assert det.labels.tolist() == [1, 1]
 
@@ -67,7 +69,9 @@ def test_max_detections_is_per_image():
     torch.manual_seed(1)
     anchors = generate_anchors("ssd", 64)
     logits = torch.randn(2, anchors.shape[0], 3) * 4
-    out = postprocess(torch.randn(2, anchors.shape[0], 4), logits, anchors, score_threshold=0.0, max_detections=7)
+    out = postprocess(
+        torch.randn(2, anchors.shape[0], 4), logits, anchors, PostprocessConfig(score_threshold=0.0, max_detections=7)
+    )
     assert [len(d.scores) for d in out] == [7, 7]
     for d in out:
         assert torch.all(d.scores[:-1] >= d.scores[1:])

@@ -280,16 +280,20 @@ def test_serves_a_checkpoint_path_with_onnxruntime(tmp_path):
 @pytest.mark.parametrize("precision", ["float32", "int8"])
 def test_serves_an_exported_onnx_file(tmp_path, precision):
     from ssdlite import export_onnx, load_checkpoint
+    from ssdlite.deploy.int8 import load_calibration_images
+    from ssdlite.runtime import ModelLoadError
     from ssdlite.images import SAMPLE_PHOTOS
-    from ssdlite.quantize import load_calibration_images
 
     model, class_names = load_checkpoint(small_checkpoint(tmp_path / "small.pt"))
     onnx_path = tmp_path / "small.onnx"
     calibration = load_calibration_images(SAMPLE_PHOTOS, model.config).images if precision == "int8" else None
     export_onnx(model, class_names, onnx_path, calibration=calibration)
-    with TestClient(create_app(Settings(model=str(onnx_path), backend="torch"))) as client:
+    with pytest.raises(ModelLoadError, match="small.onnx: the onnx format runs on onnxruntime, not on torch"):
+        with TestClient(create_app(Settings(model=str(onnx_path), backend="torch"))):
+            pass
+    with TestClient(create_app(Settings(model=str(onnx_path)))) as client:
         info = client.get("/model").json()
-        assert info["backend"] == "onnxruntime"  # .onnx files always run there
+        assert info["backend"] == "onnxruntime"  # .onnx files run there
         assert info["precision"] == precision
         assert client.post("/detect", content=photo()).status_code == 200
 
@@ -308,21 +312,24 @@ def test_serves_an_exported_onnx_file(tmp_path, precision):
 def test_backend_choice(monkeypatch, backend, device, cuda, expected):
     import torch
 
-    from service.model import resolve_backend
+    from ssdlite.runtime.loading import choose_backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
-    assert resolve_backend(Settings(backend=backend, device=device)) == expected
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
+    settings = Settings(backend=backend, device=device)
+    assert choose_backend(settings.model, settings.backend, settings.device) == expected
 
 
 @pytest.mark.parametrize("model", ["tf-pedestrian-int8", "/models/mine.onnx"])
 def test_onnx_models_run_on_onnxruntime_whatever_the_backend_setting(monkeypatch, model):
     import torch
 
-    from service.model import resolve_backend
+    from ssdlite.runtime.loading import choose_backend
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_backend(Settings(model=model, backend="auto")) == ("onnxruntime", "cpu")
-    assert resolve_backend(Settings(model="tf-pedestrian", backend="auto")) == ("torch", "cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert choose_backend(model, "auto", Settings().device) == ("onnxruntime", "cpu")
+    assert choose_backend("tf-pedestrian", "auto", Settings().device) == ("torch", "cuda")
 
 
 def test_settings_come_from_the_environment(monkeypatch):

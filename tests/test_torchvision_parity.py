@@ -8,7 +8,7 @@ from torchvision.models.detection import _utils as tv_det_utils
 from torchvision.ops import box_iou
 
 from ssdlite import build_model
-from ssdlite.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
+from ssdlite.core.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 
 from .test_backbones import calibrate_bn
 
@@ -165,7 +165,7 @@ def test_matching_equals_torchvision_ssd_matcher_when_iou_is_exact():
     difference of rules, not of rounding. One rule differs on purpose: when a gt's best IoU ties
     between anchors of different centres, ours takes the nearest centre where torchvision takes the
     lowest index (measured +0.014 AP, see bench/accuracy.py). Those images are checked for that."""
-    from ssdlite.loss import match_anchors, pad_targets
+    from ssdlite.core.loss import match_anchors, pad_targets
 
     anchors = dyadic_anchors()
     centres = (anchors[:, :2] + anchors[:, 2:]) / 2

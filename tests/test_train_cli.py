@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssdlite.checkpoint import read_checkpoint
+from ssdlite.weights.checkpoint import read_checkpoint
 from train import coco as train_coco
 from train.synthetic import CLASSES
 
@@ -162,7 +162,7 @@ def test_eval_only_prints_the_12_coco_numbers_and_per_class_ap(reference_run, en
 
 
 def test_eval_only_scores_an_onnx_export_as_its_checkpoint(reference_run, env, tmp_path):
-    from ssdlite.export import main as export_main
+    from ssdlite.cli.export import main as export_main
 
     run_dir, _ = reference_run
     assert export_main([str(run_dir / "best.pt"), "-o", str(tmp_path / "best.onnx")]) == 0

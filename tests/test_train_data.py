@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssdlite.postprocess import Detections
+from ssdlite.core.postprocess import Detections
 from train import coco as train_coco
 from train.data import CategoryMap, CocoDetection, collate
 from train.evaluation import STAT_NAMES, CocoEvaluator

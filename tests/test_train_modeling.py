@@ -9,7 +9,7 @@ import torch
 import torchvision
 
 from ssdlite import build_model, load_checkpoint, save_checkpoint
-from ssdlite.model import IMAGENET_MEAN
+from ssdlite.core.model import IMAGENET_MEAN
 from train.config import TrainConfig, UsageError, parse_args, resolve_config
 from train.modeling import build_train_model, load_eval_model, model_from_init
 
@@ -186,7 +186,7 @@ def test_eval_model_from_an_onnx_export_and_its_refusals(tmp_path):
         for got, expected in zip(loaded(images), model(images), strict=True):
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
-    with pytest.raises(UsageError, match=r"model.onnx: .onnx models are evaluated with ONNX Runtime on the CPU"):
+    with pytest.raises(UsageError, match=r"model.onnx: ONNX Runtime runs on the CPU here"):
         load_eval_model(tmp_path / "model.onnx", torch.device("cuda"))
     (tmp_path / "text.onnx").write_text("not a model")
     with pytest.raises(UsageError, match="text.onnx: not a loadable ONNX model"):

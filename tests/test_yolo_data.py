@@ -8,13 +8,21 @@ import torch
 import yaml
 from PIL import Image
 
-from ssdlite.postprocess import Detections
-from train import yolo
-from train.data import CocoDetection, DataError, DataSource, ResumableSampler, build_loaders, open_datasets
+from ssdlite.core.postprocess import Detections
+from train.data import (
+    CocoDetection,
+    DataError,
+    DataSource,
+    ResumableSampler,
+    build_loaders,
+    open_datasets,
+    yolo,
+    yolo_detection,
+)
+from train.data.yolo import label_path, load_yolo
 from train.distributed import DistInfo
 from train.evaluation import CocoEvaluator
 from train.transforms import build_transform
-from train.yolo import label_path, load_yolo, yolo_detection
 
 
 def write_yolo_copy(coco128, root, names_as="list", val=None, negative_label="empty"):

@@ -18,10 +18,11 @@ import cv2
 import torch
 from torch import nn
 
-from ssdlite import save_checkpoint, zoo
-from ssdlite.backbones.imagenet import BackboneWeightsError
-from ssdlite.checkpoint import CheckpointError
-from ssdlite.loss import SSDLoss
+from ssdlite import save_checkpoint
+from ssdlite.core.backbones.imagenet import BackboneWeightsError
+from ssdlite.core.loss import SSDLoss
+from ssdlite.weights import ZooError
+from ssdlite.weights.checkpoint import CheckpointError
 
 from . import distributed, outputs
 from .config import TrainConfig, UsageError, parse_args, resolve_config, resume_payload
@@ -73,10 +74,9 @@ def run_eval_only(config: TrainConfig, dist_info, device):
         raise UsageError("--eval-only needs --weights CHECKPOINT (or a model-zoo name)")
     _, val_set = open_datasets(config.data, dist_info, progress=config.progress, train=False)
     try:
-        weights = zoo.resolve(config.weights)
-    except zoo.ZooError as error:
+        model, class_names = load_eval_model(config.weights, device)
+    except ZooError as error:
         raise UsageError(f"--weights {config.weights}: {error}") from None
-    model, class_names = load_eval_model(weights, device)
     val_set.transform = build_transform(model.config.image_size, train=False)
     output_dir = make_output_dir(config, dist_info, "eval")
     _, val_loader = build_loaders(None, val_set, config.batch_size, config.workers, dist_info, device, config.seed)
@@ -151,7 +151,7 @@ def train(config: TrainConfig, dist_info, device) -> dict:
 
     built = build_train_model(config, class_names, resume)
     model, config_model = built.model, built.model.config
-    classification = "focal" if config_model.score_function == "sigmoid" else "softmax"
+    classification = "focal" if config_model.postprocess.score_function == "sigmoid" else "softmax"
     if classification == "focal" and built.reinitialised:
         init_class_prior(model)
     train_set.transform = build_transform(config_model.image_size, config.augment, train=True)
@@ -159,7 +159,7 @@ def train(config: TrainConfig, dist_info, device) -> dict:
 
     model.to(device)
     criterion = SSDLoss(
-        model.anchors, config_model.box_weights, classification=classification, box_loss=config.box_loss
+        model.anchors, config_model.postprocess.box_weights, classification=classification, box_loss=config.box_loss
     )
     optimizer = build_optimizer(model, config.optimizer, config.lr, config.weight_decay, config.momentum)
     train_loader, val_loader = build_loaders(

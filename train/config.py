@@ -11,9 +11,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssdlite.backbones.imagenet import check_backbone_weights
-from ssdlite.checkpoint import CheckpointError, read_checkpoint
-from ssdlite.model import get_config
+from ssdlite.core.backbones.imagenet import check_backbone_weights
+from ssdlite.core.model import get_config
+from ssdlite.weights.checkpoint import CheckpointError, read_checkpoint
 
 from .data import DataError, DataSource, parse_class_list
 from .recipes import BATCH_FOR_BASE_LR, RECIPES

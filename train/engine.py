@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ssdlite.postprocess import postprocess
+from ssdlite.core.postprocess import postprocess
 
 from . import distributed
 from .data import Batch
@@ -173,17 +173,7 @@ def evaluate(
         inputs = to_model_input(batch.images, device, channels_last)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             box_regression, class_logits = model(inputs)
-        detections = postprocess(
-            box_regression.float(),
-            class_logits.float(),
-            anchors,
-            box_weights=config.box_weights,
-            score_function=config.score_function,
-            score_threshold=config.score_threshold,
-            nms_iou=config.nms_iou,
-            max_detections=config.max_detections,
-            candidates_per_image=config.candidates_per_image,
-        )
+        detections = postprocess(box_regression.float(), class_logits.float(), anchors, config.postprocess)
         evaluator.update(batch.image_ids, batch.sizes, detections)
     evaluator.synchronize_between_processes()
     skipped = [s for part in distributed.all_gather_object(skipped) for s in part]

@@ -8,7 +8,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from ssdlite.postprocess import Detections
+from ssdlite.core.postprocess import Detections
 
 from . import distributed
 

@@ -6,8 +6,10 @@ import dataclasses
 
 import torch
 
-from ssdlite import SSDLite, SSDLiteConfig, build_model, zoo
-from ssdlite.checkpoint import CheckpointError, read_checkpoint
+from ssdlite import SSDLite, SSDLiteConfig, SSDLiteError, build_model
+from ssdlite.core.anchors import anchors_for
+from ssdlite.runtime import ModelLoadError, OnnxRuntimeBackend, load_backend, model_file
+from ssdlite.weights import CheckpointError, read_checkpoint
 
 from .config import TrainConfig, UsageError
 
@@ -42,9 +44,11 @@ def model_from_init(init: str, class_names: list[str], image_size: int | None) -
     head's final 1x1 predictors are re-initialised unless the checkpoint has the same classes.
     """
     try:
-        path = zoo.resolve(init)
-    except zoo.ZooError as error:
+        path, model_format = model_file(init)
+    except SSDLiteError as error:
         raise UsageError(f"--init {init}: {error}") from None
+    if model_format.name != "checkpoint":
+        raise UsageError(f"--init {init}: fine-tuning starts from a checkpoint (.pt), not a {model_format.name} file")
     payload = read_checkpoint(path)
     try:
         config = SSDLiteConfig.from_dict(payload["config"])
@@ -82,36 +86,28 @@ class OnnxEvalModel(torch.nn.Module):
     Evaluating the export itself measures what quantization costs in AP.
     """
 
-    def __init__(self, path):
+    def __init__(self, backend: OnnxRuntimeBackend):
         super().__init__()
-        from ssdlite.anchors import anchors_for
-        from ssdlite.backends import OnnxRuntimeBackend
-
-        self.backend = OnnxRuntimeBackend(path)
-        self.config = self.backend.config
-        self.class_names = self.backend.class_names
+        self.backend = backend
+        self.config = backend.config
+        self.class_names = backend.class_names
         self.register_buffer("anchors", anchors_for(self.config))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.backend(images)
 
 
-def load_eval_model(path, device: torch.device) -> tuple[torch.nn.Module, list[str]]:
-    """A checkpoint, or an ``.onnx`` export (CPU only), ready for ``engine.evaluate``.
+def load_eval_model(source, device: torch.device) -> tuple[torch.nn.Module, list[str]]:
+    """A zoo name, checkpoint or ``.onnx`` export (CPU only), ready for ``engine.evaluate``.
 
     Raises:
-        CheckpointError, UsageError: the file cannot be loaded, or an ``.onnx`` file on a GPU.
+        ZooError, CheckpointError, UsageError: the model cannot be loaded, or not on ``device``.
     """
-    from pathlib import Path
-
-    from ssdlite.checkpoint import load_checkpoint
-
-    if Path(path).suffix != ".onnx":
-        return load_checkpoint(path, device)
-    if device.type != "cpu":
-        raise UsageError(f"{path}: .onnx models are evaluated with ONNX Runtime on the CPU; pass --device cpu")
     try:
-        model = OnnxEvalModel(path)
-    except ValueError as error:
+        backend = load_backend(source, device=device)
+    except ModelLoadError as error:
         raise UsageError(str(error)) from None
-    return model, model.class_names
+    if isinstance(backend, OnnxRuntimeBackend):
+        model = OnnxEvalModel(backend)
+        return model, model.class_names
+    return backend.model, backend.class_names

@@ -1,0 +1,5 @@
+"""``python -m ssdlite`` is the ``ssdlite`` command."""
+
+from .cli import run
+
+run()

@@ -1,0 +1,19 @@
+"""Running a model: backends (torch, ONNX Runtime), the loader that picks one, and ``Detector``."""
+
+from .backends import BACKENDS, Backend, ModelLoadError, OnnxRuntimeBackend, TorchBackend
+from .detector import Detector, UnknownClassError, check_classes
+from .loading import MODEL_FORMATS, load_backend, model_file
+
+__all__ = [
+    "BACKENDS",
+    "MODEL_FORMATS",
+    "Backend",
+    "Detector",
+    "ModelLoadError",
+    "OnnxRuntimeBackend",
+    "TorchBackend",
+    "UnknownClassError",
+    "check_classes",
+    "load_backend",
+    "model_file",
+]
