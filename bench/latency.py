@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     calibration = load_calibration_images(SAMPLE_PHOTOS, model.config).images
     float_onnx = export_onnx(model, class_names)
     int8_onnx = export_onnx(model, class_names, calibration=calibration)
-    int8_end_to_end = onnxruntime_session(export_onnx(model, class_names, calibration=calibration, end_to_end=True),
-                                          args.threads)
+    int8_end_to_end = onnxruntime_session(
+        export_onnx(model, class_names, calibration=calibration, end_to_end=True), args.threads
+    )
     detectors = {
         TORCH_ROW: Detector.from_model(model, class_names),
         FLOAT_ORT: Detector(OnnxRuntimeBackend(float_onnx, args.threads), model.config, class_names),
@@ -110,8 +111,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in results.items():
         r["speedup_vs_torchvision"] = baseline / r["p50"]
         r["time_vs_float_onnxruntime"] = r["p50"] / float_p50
-        print(f"{name:50s} {r['p50']:7.1f} {r['p95']:7.1f} {r['speedup_vs_torchvision']:20.2f}x "
-              f"{r['time_vs_float_onnxruntime']:18.2f}x")
+        print(
+            f"{name:50s} {r['p50']:7.1f} {r['p95']:7.1f} {r['speedup_vs_torchvision']:20.2f}x "
+            f"{r['time_vs_float_onnxruntime']:18.2f}x"
+        )
     if args.all_presets:
         print(f"\nevery preset on onnxruntime ({NUM_CLASSES} classes):")
         print(f"{'preset':33s} {'input':>5s} {'params':>7s} {'MAdds':>6s} {'p50 ms':>8s} {'p95 ms':>8s}")

@@ -122,8 +122,13 @@ class NginxProxy:
 
 def replica_requests(port: int, route: str = "/detect") -> int:
     """Requests to ``route`` that a replica has answered, from its Prometheus counter."""
-    return int(sum(value for series, value in metric_samples(port)
-                   if series.startswith("ssdlite_http_requests_total{") and f'route="{route}"' in series))
+    return int(
+        sum(
+            value
+            for series, value in metric_samples(port)
+            if series.startswith("ssdlite_http_requests_total{") and f'route="{route}"' in series
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -144,13 +149,20 @@ def main(argv: list[str] | None = None) -> dict:
         f"640x480 JPEG uploads ({len(jpeg) // 1024} KB) per run, model {args.model}, {cores} cores shared by "
         f"replicas, nginx and the load generator; load average before: {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'replicas':>8s} {'threads':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} "
-          f"{'errors':>7s}  requests per replica", flush=True)
+    print(
+        f"{'replicas':>8s} {'threads':>7s} {'req/s':>8s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} "
+        f"{'errors':>7s}  requests per replica",
+        flush=True,
+    )
     results = {}
     for count in (int(n) for n in args.replicas.split(",")):
         threads = args.threads or max(1, cores // count)
-        env = {"SSDLITE_MODEL": args.model, "SSDLITE_THREADS": str(threads),
-               "SSDLITE_ACCESS_LOG": "false", "SSDLITE_LOG_LEVEL": "warning"}
+        env = {
+            "SSDLITE_MODEL": args.model,
+            "SSDLITE_THREADS": str(threads),
+            "SSDLITE_ACCESS_LOG": "false",
+            "SSDLITE_LOG_LEVEL": "warning",
+        }
         with contextlib.ExitStack() as stack:
             replicas = [stack.enter_context(Server([sys.executable, "-m", "service"], env)) for _ in range(count)]
             proxy = stack.enter_context(NginxProxy([r.port for r in replicas]))
@@ -160,8 +172,11 @@ def main(argv: list[str] | None = None) -> dict:
             result = asyncio.run(http_load(proxy.port, request, args.requests, args.concurrency))
             result["per_replica"] = [replica_requests(r.port) - b for r, b in zip(replicas, before, strict=True)]
         results[count] = result
-        print(f"{count:8d} {threads:7d} {result['req_per_s']:8.1f} {result['p50']:8.1f} {result['p95']:8.1f} "
-              f"{result['p99']:8.1f} {result['errors']:7d}  {result['per_replica']}", flush=True)
+        print(
+            f"{count:8d} {threads:7d} {result['req_per_s']:8.1f} {result['p50']:8.1f} {result['p95']:8.1f} "
+            f"{result['p99']:8.1f} {result['errors']:7d}  {result['per_replica']}",
+            flush=True,
+        )
     return results
 
 

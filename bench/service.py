@@ -289,8 +289,12 @@ def metric_samples(port: int) -> list[tuple[str, float]]:
     import httpx
 
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=30).text
-    return [(series, float(value)) for series, _, value in
-            (line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#"))]
+    return [
+        (series, float(value))
+        for series, _, value in (
+            line.rpartition(" ") for line in text.splitlines() if line and not line.startswith("#")
+        )
+    ]
 
 
 def mean_batch_size(port: int) -> float:
@@ -320,8 +324,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--baseline-requests", type=int, help="requests for the baseline (default: --requests)")
     parser.add_argument("--ws-frames", type=int, default=300, help="frames in the WebSocket run")
-    parser.add_argument("--model", default="tf-pedestrian",
-                        help="what our service serves (SSDLITE_MODEL); comma-separated to compare several in one run")
+    parser.add_argument(
+        "--model",
+        default="tf-pedestrian",
+        help="what our service serves (SSDLITE_MODEL); comma-separated to compare several in one run",
+    )
     parser.add_argument("--batch-sizes", default="1,4", help="SSDLITE_MAX_BATCH_SIZE values to compare")
     parser.add_argument("--threads", type=int, help="SSDLITE_THREADS (default: all cores)")
     parser.add_argument("--no-baseline", action="store_true")

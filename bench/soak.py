@@ -147,8 +147,13 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 def server_5xx(port: int) -> int:
     """5xx responses the server has counted since it started (its /metrics)."""
-    return round(sum(value for series, value in metric_samples(port)
-                     if series.startswith("ssdlite_http_requests_total{") and re.search(r'status="5\d\d"', series)))
+    return round(
+        sum(
+            value
+            for series, value in metric_samples(port)
+            if series.startswith("ssdlite_http_requests_total{") and re.search(r'status="5\d\d"', series)
+        )
+    )
 
 
 def plan(total: int, kinds: list[str], seed: int) -> list[tuple[str, int]]:

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m service",
         description=__doc__.splitlines()[0],
         epilog="More settings (limits, queue, batching, thresholds, API keys, CORS): SSDLITE_* variables, "
-    "see service/settings.py and the README.",
+        "see service/settings.py and docs/serving.md.",
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, help="port (default 8000)")

@@ -44,8 +44,11 @@ IMAGE_BODY = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}},
-                           "required": ["file"]}
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
@@ -56,8 +59,11 @@ BATCH_BODY = {
         "required": True,
         "content": {
             "multipart/form-data": {
-                "schema": {"type": "object", "required": ["files"], "properties": {
-                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
+                "schema": {
+                    "type": "object",
+                    "required": ["files"],
+                    "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                }
             }
         },
     }
@@ -207,8 +213,13 @@ async def detect_batch(request: Request, runtime: RuntimeDep, options: DetectOpt
             image, result, timing = await run_detection(runtime, data, options)
         except ImageError as error:
             raise ImageError(error.status, f"files[{index}] ({filename}): {error.detail}") from None
-        return {"filename": filename, "width": image.shape[1], "height": image.shape[0],
-                "detections": result.detections, "timing_ms": timing}
+        return {
+            "filename": filename,
+            "width": image.shape[1],
+            "height": image.shape[0],
+            "detections": result.detections,
+            "timing_ms": timing,
+        }
 
     tasks = [asyncio.ensure_future(one(i, name, data)) for i, (name, data) in enumerate(uploads)]
     try:
@@ -284,8 +295,9 @@ async def detect_stream(websocket: WebSocket, runtime: RuntimeDep, query: Detect
                     detection.cancel()
                     break
                 image, result, timing = detection.result()
-                reply.update(width=image.shape[1], height=image.shape[0], detections=result.detections,
-                             timing_ms=timing)
+                reply.update(
+                    width=image.shape[1], height=image.shape[0], detections=result.detections, timing_ms=timing
+                )
                 frames.labels("answered").inc()
             except ImageError as error:
                 reply.update(status=error.status, error=error.detail)

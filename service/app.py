@@ -57,8 +57,9 @@ def create_app(settings: Settings | None = None, detector=None) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(decoder, warm_up_decoder)
         await engine.start()
         metrics.ready.set(1)
-        logger.info("model %s ready (%s %s)", runtime.model_info.name, runtime.model_info.backend,
-                    runtime.model_info.precision)
+        logger.info(
+            "model %s ready (%s %s)", runtime.model_info.name, runtime.model_info.backend, runtime.model_info.precision
+        )
         if api_keys:
             logger.info("API keys required: %d key(s) configured", len(api_keys))
         try:

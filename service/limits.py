@@ -89,8 +89,11 @@ class BodyLimitMiddleware:
 
     async def refuse(self, refusal: _BodyRefused, receive: Receive, send: Send, linger: bool):
         body = json.dumps({"detail": refusal.detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": linger})
         if not linger:

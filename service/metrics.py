@@ -12,25 +12,35 @@ class Metrics:
     def __init__(self, max_batch_size: int):
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "ssdlite_http_requests", "HTTP requests by route, method and status", ["route", "method", "status"],
+            "ssdlite_http_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
             registry=self.registry,
         )
         self.request_seconds = Histogram(
-            "ssdlite_http_request_duration_seconds", "HTTP request latency by route", ["route"],
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "ssdlite_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.inference_seconds = Histogram(
-            "ssdlite_inference_duration_seconds", "time of one inference call (a whole batch)",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            "ssdlite_inference_duration_seconds",
+            "time of one inference call (a whole batch)",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.batch_size = Histogram(
-            "ssdlite_inference_batch_size", "images per inference call",
+            "ssdlite_inference_batch_size",
+            "images per inference call",
             buckets=[b for b in (1, 2, 4, 8, 16, 32, 64) if b < max_batch_size] + [max_batch_size],
             registry=self.registry,
         )
         self.queue_depth = Gauge("ssdlite_queue_depth", "images waiting for inference", registry=self.registry)
         self.ws_frames = Counter(
-            "ssdlite_ws_frames", "WebSocket frames by outcome (answered, dropped as stale, error)", ["outcome"],
+            "ssdlite_ws_frames",
+            "WebSocket frames by outcome (answered, dropped as stale, error)",
+            ["outcome"],
             registry=self.registry,
         )
         self.ready = Gauge("ssdlite_ready", "1 once the model is loaded and warmed up", registry=self.registry)

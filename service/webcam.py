@@ -100,11 +100,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service.webcam", description=__doc__.splitlines()[0])
     parser.add_argument("--source", default="0", help="camera index, video file or stream URL (default 0)")
     parser.add_argument("--url", help="detect through a running service (http://host:8000) instead of locally")
-    parser.add_argument("--api-key", default=os.environ.get("SSDLITE_API_KEY"),
-                        help="the service's API key, if it wants one (default: $SSDLITE_API_KEY)")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SSDLITE_API_KEY"),
+        help="the service's API key, if it wants one (default: $SSDLITE_API_KEY)",
+    )
     parser.add_argument("--model", default="tf-pedestrian", help="local model: zoo name or checkpoint/.onnx path")
-    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
-                        help="local backend (auto: onnxruntime on the CPU)")
+    parser.add_argument(
+        "--backend", choices=("auto", *BACKENDS), default="auto", help="local backend (auto: onnxruntime on the CPU)"
+    )
     parser.add_argument("--score-threshold", type=float, default=0.5)
     parser.add_argument("--output", help="write the annotated video here (.mp4 or .avi)")
     parser.add_argument("--no-display", action="store_true", help="do not open a window")
@@ -188,8 +192,11 @@ def show(frame) -> bool:
         cv2.imshow("ssdlite", frame)
         return True
     except cv2.error:
-        print("no display available (headless OpenCV or no screen): continuing without a window; "
-              "use --no-display and --output out.mp4", file=sys.stderr)
+        print(
+            "no display available (headless OpenCV or no screen): continuing without a window; "
+            "use --no-display and --output out.mp4",
+            file=sys.stderr,
+        )
         return False
 
 

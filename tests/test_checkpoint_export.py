@@ -17,7 +17,7 @@ def test_checkpoint_round_trip(tmp_path, small_model):
     model, names = load_checkpoint(path)
     assert names == NAMES and model.config == small_model.config
     x = torch.rand(1, 3, 160, 160) * 255
-    for a, b in zip(model(x), small_model(x)):
+    for a, b in zip(model(x), small_model(x), strict=False):
         torch.testing.assert_close(a, b)
     # Loads with weights_only=True, i.e. nothing but tensors and plain containers inside.
     assert torch.load(path, weights_only=True)["epoch"] == 3
@@ -29,11 +29,14 @@ def test_class_names_must_match_the_model(tmp_path, small_model):
         save_checkpoint(tmp_path / "m.pt", small_model, ["cat", "dog"])
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such checkpoint"),
-    (b"", "not a readable checkpoint"),
-    (b"\x00garbage" * 100, "not a readable checkpoint"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such checkpoint"),
+        (b"", "not a readable checkpoint"),
+        (b"\x00garbage" * 100, "not a readable checkpoint"),
+    ],
+)
 def test_bad_checkpoint_files(tmp_path, content, message):
     path = tmp_path / "bad.pt"
     if content is not None:
@@ -64,7 +67,7 @@ def test_onnxruntime_matches_torch(name):
     with torch.no_grad():
         expected = model(x)
     got = runtime(x)
-    for a, b in zip(got, expected):
+    for a, b in zip(got, expected, strict=False):
         assert a.shape == b.shape
         assert b.abs().max() > 0.1  # outputs are not trivially small
         assert (a - b).abs().max() <= 1e-4

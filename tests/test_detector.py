@@ -15,7 +15,9 @@ def detector_that_sees(box_xyxy_normalised, config_model):
     deltas = encode_boxes(target.expand(anchors.shape[0], 4), anchors, model.config.postprocess.box_weights)
     logits = torch.full((anchors.shape[0], model.config.num_classes), -10.0)
     logits[:, 0] = 10.0
-    best = torch.argmin((anchors[:, :2] - (target[:2] + target[2:]) / 2).norm(dim=1) + (anchors[:, 2:] - 0.3).abs().sum(1))
+    best = torch.argmin(
+        (anchors[:, :2] - (target[:2] + target[2:]) / 2).norm(dim=1) + (anchors[:, 2:] - 0.3).abs().sum(1)
+    )
     logits[best, 0], logits[best, 1] = -10.0, 10.0
 
     def forward(batch):
@@ -52,22 +54,29 @@ def test_accepts_pil_grayscale_rgba_and_tensors(small_model):
     rgb = rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
     reference = detector.predict(rgb, score_threshold=0.0, max_detections=5)
     assert len(reference) == 5
-    for variant in (Image.fromarray(rgb), np.dstack([rgb, np.full((90, 120), 255, np.uint8)]),
-                    torch.from_numpy(rgb).permute(2, 0, 1)):
+    for variant in (
+        Image.fromarray(rgb),
+        np.dstack([rgb, np.full((90, 120), 255, np.uint8)]),
+        torch.from_numpy(rgb).permute(2, 0, 1),
+    ):
         got = detector.predict(variant, score_threshold=0.0, max_detections=5)
         np.testing.assert_allclose([d["box"] for d in got], [d["box"] for d in reference], atol=1e-4)
     gray = rng.integers(0, 256, (90, 120), dtype=np.uint8)
     same_as_rgb = detector.predict(np.dstack([gray] * 3), score_threshold=0.0, max_detections=3)
     assert [d["score"] for d in detector.predict(gray, score_threshold=0.0, max_detections=3)] == pytest.approx(
-        [d["score"] for d in same_as_rgb])
+        [d["score"] for d in same_as_rgb]
+    )
 
 
-@pytest.mark.parametrize("bad, message", [
-    (np.zeros((10, 10, 3), np.float32), "uint8"),
-    (np.zeros((10, 10, 2), np.uint8), "H x W x 3"),
-    (np.zeros((0, 10, 3), np.uint8), "H x W x 3"),
-    ("image.jpg", "numpy array"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (np.zeros((10, 10, 2), np.uint8), "H x W x 3"),
+        (np.zeros((0, 10, 3), np.uint8), "H x W x 3"),
+        ("image.jpg", "numpy array"),
+    ],
+)
 def test_bad_images_raise_clear_errors(small_model, bad, message):
     detector = Detector.from_model(small_model, ["cat", "dog", "bird"])
     with pytest.raises((ValueError, TypeError), match=message):
@@ -92,8 +101,19 @@ def test_detect_cli_reports_bad_files_and_keeps_going(tmp_path, small_model, cap
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out_dir = tmp_path / "out"
-    code = detect_main([str(corrupt), str(good), str(tmp_path / "missing.jpg"), "--model", str(checkpoint),
-                        "--score-threshold", "0", "-o", str(out_dir)])
+    code = detect_main(
+        [
+            str(corrupt),
+            str(good),
+            str(tmp_path / "missing.jpg"),
+            "--model",
+            str(checkpoint),
+            "--score-threshold",
+            "0",
+            "-o",
+            str(out_dir),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     assert "corrupt.jpg: not a readable image" in captured.err and "missing.jpg: no such file" in captured.err

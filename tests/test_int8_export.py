@@ -105,7 +105,9 @@ def test_calibration_images_go_through_the_detectors_preprocessing(small_model):
         load_calibration_images(SAMPLE_PHOTOS, small_model.config, limit=0)
 
 
-def test_zoo_builds_the_int8_person_detector_once_from_the_cached_checkpoint(person_checkpoint, tmp_path, monkeypatch, caplog):
+def test_zoo_builds_the_int8_person_detector_once_from_the_cached_checkpoint(
+    person_checkpoint, tmp_path, monkeypatch, caplog
+):
     from ssdlite.weights.zoo import fetch
 
     monkeypatch.setenv("SSDLITE_HOME", str(tmp_path))
@@ -133,8 +135,10 @@ def test_zoo_int8_builds_at_the_same_time_do_not_collide(person_checkpoint, tmp_
     monkeypatch.setenv("SSDLITE_HOME", str(tmp_path))
     (tmp_path / "tf-pedestrian.pt").symlink_to(person_checkpoint)
     build = "from ssdlite.weights.zoo import fetch; print(fetch('tf-pedestrian-int8', force=True))"
-    replicas = [subprocess.Popen([sys.executable, "-c", build], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True) for _ in range(2)]
+    replicas = [
+        subprocess.Popen([sys.executable, "-c", build], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     outputs = [replica.communicate(timeout=300)[0] for replica in replicas]
     assert [replica.returncode for replica in replicas] == [0, 0], outputs
     assert [output.strip().splitlines()[-1] for output in outputs] == [str(tmp_path / "tf-pedestrian-int8.onnx")] * 2

@@ -473,7 +473,7 @@ def test_optimising_raw_outputs_decreases_loss(classification, box_loss):
         optimizer.step()
     (box_start, cls_start), (box_end, cls_end) = history[0], history[-1]
     assert box_end < 0.5 * box_start and cls_end < 0.5 * cls_start
-    assert all(sum(after) < sum(before) for before, after in zip(history, history[1:]))
+    assert all(sum(after) < sum(before) for before, after in zip(history, history[1:], strict=False))
 
 
 def test_bf16_autocast_computes_in_float32():

@@ -25,8 +25,11 @@ def make_images(count: int, seed: int = 0):
                 side = int(rng.integers(20, 60))
                 x, y = (int(v) for v in rng.integers(0, SIZE - side, 2))
                 box = [x, y, x + side, y + side]
-                if all(pairwise_iou(torch.tensor([box], dtype=torch.float), torch.tensor([b], dtype=torch.float))[0, 0]
-                       == 0 for b in boxes):
+                if all(
+                    pairwise_iou(torch.tensor([box], dtype=torch.float), torch.tensor([b], dtype=torch.float))[0, 0]
+                    == 0
+                    for b in boxes
+                ):
                     break
             else:
                 continue
@@ -64,7 +67,9 @@ def test_overfits_a_handful_of_images():
             model(batch)
 
     detector = Detector.from_model(model.eval(), CLASS_NAMES)
-    for image, (boxes, labels), found in zip(images, targets, detector.predict_batch(images, score_threshold=0.3)):
+    for _image, (boxes, labels), found in zip(
+        images, targets, detector.predict_batch(images, score_threshold=0.3), strict=False
+    ):
         assert found, "no detections at all"
         found_boxes = torch.tensor([d["box"] for d in found])
         found_labels = torch.tensor([d["class_id"] for d in found])

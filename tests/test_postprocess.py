@@ -1,9 +1,9 @@
 import torch
 from torchvision.ops import nms
 
+from ssdlite.core import PostprocessConfig
 from ssdlite.core.anchors import generate_anchors
 from ssdlite.core.boxes import decode_boxes
-from ssdlite.core import PostprocessConfig
 from ssdlite.core.postprocess import class_scores, postprocess
 
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)
@@ -12,12 +12,12 @@ WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 def reference_postprocess(box_regression, class_logits, anchors, score_function, threshold, iou, max_det, topk):
     """Straightforward per-image, per-class version of the same rules."""
     results = []
-    for deltas, logits in zip(box_regression, class_logits):
+    for deltas, logits in zip(box_regression, class_logits, strict=False):
         scores = class_scores(logits[None], score_function)[0]
         boxes = decode_boxes(deltas, anchors, WEIGHTS)
         flat = scores.flatten()
         top_scores, top_index = flat.topk(min(topk, flat.numel()))
-        candidates = [(s, i) for s, i in zip(top_scores.tolist(), top_index.tolist()) if s > threshold]
+        candidates = [(s, i) for s, i in zip(top_scores.tolist(), top_index.tolist(), strict=False) if s > threshold]
         kept = []
         num_classes = scores.shape[1]
         for c in range(num_classes):
@@ -42,13 +42,14 @@ def test_matches_per_image_per_class_reference():
     class_logits[1] -= 100  # an image with nothing above threshold except background
     class_logits[1, :, 0] += 200
     for score_function in ("softmax", "sigmoid"):
-        settings = PostprocessConfig(score_function, score_threshold=0.2, nms_iou=0.45, max_detections=15,
-                                     candidates_per_image=200)
+        settings = PostprocessConfig(
+            score_function, score_threshold=0.2, nms_iou=0.45, max_detections=15, candidates_per_image=200
+        )
         ours = postprocess(box_regression, class_logits, anchors, settings)
         ref = reference_postprocess(box_regression, class_logits, anchors, score_function, 0.2, 0.45, 15, 200)
         assert len(ours) == 3
         assert len(ours[1].scores) == 0
-        for got, expected in zip(ours, ref):
+        for got, expected in zip(ours, ref, strict=False):
             assert len(got.scores) == len(expected)
             torch.testing.assert_close(got.scores, torch.tensor([e[0] for e in expected]))
             assert got.labels.tolist() == [e[1] for e in expected]

@@ -78,8 +78,16 @@ def test_query_options(client):
 
 @pytest.mark.parametrize(
     "query",
-    ["score_threshold=abc", "score_threshold=nan", "score_threshold=1.5", "score_threshold=-0.1",
-     "max_detections=0", "max_detections=ten", "max_detections=1e9", "render=maybe"],
+    [
+        "score_threshold=abc",
+        "score_threshold=nan",
+        "score_threshold=1.5",
+        "score_threshold=-0.1",
+        "max_detections=0",
+        "max_detections=ten",
+        "max_detections=1e9",
+        "render=maybe",
+    ],
 )
 def test_malformed_query_values_get_422(client, query):
     response = client.post(f"/detect?{query}", content=image(64, 64))
@@ -202,8 +210,13 @@ def test_operations_endpoints(client):
     text = metrics.text
     assert 'ssdlite_http_requests_total{method="POST",route="/detect",status="200"}' in text
     assert 'ssdlite_http_requests_total{method="POST",route="/detect",status="415"}' in text
-    for name in ("ssdlite_http_request_duration_seconds_bucket", "ssdlite_inference_batch_size_bucket",
-                 "ssdlite_inference_duration_seconds_bucket", "ssdlite_queue_depth", "ssdlite_ready 1.0"):
+    for name in (
+        "ssdlite_http_request_duration_seconds_bucket",
+        "ssdlite_inference_batch_size_bucket",
+        "ssdlite_inference_duration_seconds_bucket",
+        "ssdlite_queue_depth",
+        "ssdlite_ready 1.0",
+    ):
         assert name in text
     assert client.get("/docs").status_code == 200
     assert "/detect/batch" in client.get("/openapi.json").json()["paths"]
@@ -226,7 +239,12 @@ def test_websocket_answers_each_frame_and_survives_bad_ones(client):
         assert reply["latency_ms"] >= 0 and reply["dropped_frames"] == 0
         ws.send_bytes(b"garbage")
         assert ws.receive_json() | {"latency_ms": 0} == {
-            "frame_id": 2, "status": 415, "error": ws_error(b"garbage"), "latency_ms": 0, "dropped_frames": 0}
+            "frame_id": 2,
+            "status": 415,
+            "error": ws_error(b"garbage"),
+            "latency_ms": 0,
+            "dropped_frames": 0,
+        }
         ws.send_text("hello")
         assert ws.receive_json()["status"] == 415
         ws.send_bytes(photo())
@@ -281,16 +299,16 @@ def test_serves_a_checkpoint_path_with_onnxruntime(tmp_path):
 def test_serves_an_exported_onnx_file(tmp_path, precision):
     from ssdlite import export_onnx, load_checkpoint
     from ssdlite.deploy.int8 import load_calibration_images
-    from ssdlite.runtime import ModelLoadError
     from ssdlite.images import SAMPLE_PHOTOS
+    from ssdlite.runtime import ModelLoadError
 
     model, class_names = load_checkpoint(small_checkpoint(tmp_path / "small.pt"))
     onnx_path = tmp_path / "small.onnx"
     calibration = load_calibration_images(SAMPLE_PHOTOS, model.config).images if precision == "int8" else None
     export_onnx(model, class_names, onnx_path, calibration=calibration)
-    with pytest.raises(ModelLoadError, match="small.onnx: the onnx format runs on onnxruntime, not on torch"):
-        with TestClient(create_app(Settings(model=str(onnx_path), backend="torch"))):
-            pass
+    refused = pytest.raises(ModelLoadError, match="small.onnx: the onnx format runs on onnxruntime, not on torch")
+    with refused, TestClient(create_app(Settings(model=str(onnx_path), backend="torch"))):
+        pass
     with TestClient(create_app(Settings(model=str(onnx_path)))) as client:
         info = client.get("/model").json()
         assert info["backend"] == "onnxruntime"  # .onnx files run there
@@ -337,8 +355,12 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("SSDLITE_PORT", "9000")
     monkeypatch.setenv("SSDLITE_MAX_BATCH_SIZE", "2")
     settings = Settings()
-    assert (settings.model, settings.port, settings.max_batch_size, settings.host) == ("/models/mine.onnx", 9000, 2,
-                                                                                        "127.0.0.1")
+    assert (settings.model, settings.port, settings.max_batch_size, settings.host) == (
+        "/models/mine.onnx",
+        9000,
+        2,
+        "127.0.0.1",
+    )
     monkeypatch.setenv("SSDLITE_QUEUE_SIZE", "zero")
     with pytest.raises(ValueError, match="queue_size"):
         Settings()

@@ -15,8 +15,13 @@ from service.auth import ApiKeyConfigError, load_api_keys
 from .service_helpers import ROOT, ServiceProcess, photo, scripted_detector, small_checkpoint
 
 KEYS = ["k3y-one", "k3y-two"]
-GUARDED = [("POST", "/detect"), ("POST", "/detect/render"), ("POST", "/detect/batch"), ("GET", "/model"),
-           ("GET", "/metrics")]
+GUARDED = [
+    ("POST", "/detect"),
+    ("POST", "/detect/render"),
+    ("POST", "/detect/batch"),
+    ("GET", "/model"),
+    ("GET", "/metrics"),
+]
 
 
 @pytest.fixture
@@ -35,8 +40,9 @@ def test_guarded_endpoints_answer_401_without_a_key_or_with_a_wrong_one(client, 
         assert wrong.status_code == 401, headers
 
 
-@pytest.mark.parametrize("headers", [{"Authorization": "Bearer k3y-one"}, {"authorization": "bearer k3y-two"},
-                                     {"X-API-Key": "k3y-two"}])
+@pytest.mark.parametrize(
+    "headers", [{"Authorization": "Bearer k3y-one"}, {"authorization": "bearer k3y-two"}, {"X-API-Key": "k3y-two"}]
+)
 def test_either_header_with_any_configured_key_is_accepted(client, headers):
     response = client.post("/detect", content=photo(), headers=headers)
     assert response.status_code == 200 and len(response.json()["detections"]) == 1
@@ -98,7 +104,10 @@ def test_keys_from_a_file_with_comments(tmp_path):
     keys_file = tmp_path / "keys.txt"
     keys_file.write_text("# team keys\nfile-key-1\n\n  file-key-2  \n")
     assert load_api_keys(Settings(api_keys=["env-key"], api_keys_file=keys_file)) == (
-        "env-key", "file-key-1", "file-key-2")
+        "env-key",
+        "file-key-1",
+        "file-key-2",
+    )
     app = create_app(Settings(api_keys_file=keys_file), detector=scripted_detector())
     with TestClient(app) as client:
         assert client.get("/model", headers={"X-API-Key": "file-key-2"}).status_code == 200
@@ -125,7 +134,11 @@ def test_env_variables_split_on_commas(monkeypatch):
 
 def test_cli_refuses_a_missing_keys_file_in_one_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "service"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "SSDLITE_API_KEYS_FILE": str(tmp_path / "nope.txt"), "SSDLITE_MODEL": "x.pt"},
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
@@ -133,12 +146,18 @@ def test_cli_refuses_a_missing_keys_file_in_one_line(tmp_path):
 
 
 def test_cors_is_off_by_default_and_follows_the_setting():
-    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "x-api-key"}
+    preflight = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "x-api-key",
+    }
     with TestClient(create_app(Settings(), detector=scripted_detector())) as client:
         response = client.options("/detect", headers=preflight)
         assert "access-control-allow-origin" not in response.headers
-        assert "access-control-allow-origin" not in client.get("/healthz", headers={"Origin": "https://app.example"}).headers
+        assert (
+            "access-control-allow-origin"
+            not in client.get("/healthz", headers={"Origin": "https://app.example"}).headers
+        )
     settings = Settings(cors_origins=["https://app.example"], api_keys=KEYS)
     with TestClient(create_app(settings, detector=scripted_detector())) as client:
         allowed = client.options("/detect", headers=preflight)  # a preflight carries no key
@@ -164,8 +183,10 @@ def test_keys_never_reach_the_logs_or_metrics(tmp_path):
         assert httpx.get(f"{base}/model?api_key={secret}").status_code == 401  # HTTP takes headers only
         assert httpx.get(f"{base}/model", headers={"X-API-Key": secret + "x"}).status_code == 401
         ws_url = base.replace("http", "ws")
-        for url, protocols in ((f"{ws_url}/ws?api_key={secret}", None),
-                               (f"{ws_url}/ws", ["ssdlite", f"ssdlite.key.{secret}"])):
+        for url, protocols in (
+            (f"{ws_url}/ws?api_key={secret}", None),
+            (f"{ws_url}/ws", ["ssdlite", f"ssdlite.key.{secret}"]),
+        ):
             with connect(url, subprotocols=protocols, open_timeout=30) as ws:
                 ws.send(photo())
                 assert "detections" in ws.recv(timeout=30)

@@ -44,14 +44,27 @@ def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in (
-        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-        "--no-default-browser-check", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--disable-default-apps", "--disable-extensions", "--window-size=1100,1000",
-        "--disable-domain-reliability", "--disable-client-side-phishing-detection", "--no-pings",
-        "--metrics-recording-only", "--disable-features=Translate,MediaRouter,OptimizationHints",
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-default-apps",
+        "--disable-extensions",
+        "--window-size=1100,1000",
+        "--disable-domain-reliability",
+        "--disable-client-side-phishing-detection",
+        "--no-pings",
+        "--metrics-recording-only",
+        "--disable-features=Translate,MediaRouter,OptimizationHints",
         "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # loopback only
         f"--user-data-dir={tmp_path / 'profile'}",
-        "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
         f"--use-file-for-fake-video-capture={clip}",
     ):
         options.add_argument(argument)
@@ -73,8 +86,10 @@ def test_page_streams_the_camera_and_draws_a_box_on_the_person(person_checkpoint
     browser.find_element(By.ID, "start").click()
     try:
         WebDriverWait(browser, 60).until(
-            lambda d: d.execute_script("return window.ssdlite.frames") >= 5
-            and d.find_element(By.ID, "overlay").get_attribute("data-boxes") not in ("0", None)
+            lambda d: (
+                d.execute_script("return window.ssdlite.frames") >= 5
+                and d.find_element(By.ID, "overlay").get_attribute("data-boxes") not in ("0", None)
+            )
         )
     finally:
         browser.save_screenshot(str(tmp_path / "page.png"))

@@ -153,8 +153,12 @@ def test_a_failing_model_fails_its_requests_not_the_engine():
 def test_decode_applies_exif_orientation_and_returns_rgb():
     stored = np.zeros((20, 40, 3), np.uint8)
     stored[:, :20] = (255, 0, 0)  # left half red
-    for orientation, shape, red_at in ((1, (20, 40), (10, 5)), (6, (40, 20), (5, 10)), (8, (40, 20), (35, 10)),
-                                       (3, (20, 40), (10, 35))):
+    for orientation, shape, red_at in (
+        (1, (20, 40), (10, 5)),
+        (6, (40, 20), (5, 10)),
+        (8, (40, 20), (35, 10)),
+        (3, (20, 40), (10, 35)),
+    ):
         exif = Image.Exif()
         exif[0x0112] = orientation
         pixels = decode_image(encode(stored, quality=95, exif=exif.tobytes()), 10**6)

@@ -87,10 +87,19 @@ def test_a_failing_frame_gets_500_and_the_stream_goes_on():
 
 def http_scope(client: TestClient, path: str, headers: dict) -> dict:
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 5000), "server": ("testserver", 80), "state": client.app_state.copy(),
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+        "state": client.app_state.copy(),
     }
 
 
@@ -101,15 +110,23 @@ def test_a_client_that_leaves_mid_upload_leaves_nothing_behind(caplog, multipart
     if multipart:
         boundary = "leaving"
         content_type = f"multipart/form-data; boundary={boundary}"
-        data = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
-                "Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        data = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
     else:
         content_type = "image/jpeg"
     with TestClient(app) as client:
         before = live_tasks(client)
         scope = http_scope(client, "/detect", {"content-type": content_type, "content-length": str(len(data))})
-        messages = [{"type": "http.request", "body": data[: len(data) // 3], "more_body": True},
-                    {"type": "http.disconnect"}]
+        messages = [
+            {"type": "http.request", "body": data[: len(data) // 3], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
         sent = []
 
         async def leave_mid_upload():
@@ -180,8 +197,10 @@ def test_slow_clients_get_408_and_hold_nobody_back(strict_server):
     slow = []
     for _ in range(20):
         sock = socket.create_connection((host, port), timeout=10)
-        sock.sendall(b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-                     b"Content-Length: 100000\r\n\r\n" + photo()[:100])
+        sock.sendall(
+            b"POST /detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n" + photo()[:100]
+        )
         slow.append(sock)
     stop = threading.Event()
 

@@ -68,6 +68,7 @@ def test_requests_survive_a_replica_killed_mid_run(model, replicas):
     jpeg = photo_640x480()
     completed = threading.Semaphore(0)
     with ServiceProcess(model, threads=1) as victim, NginxProxy([survivor.port, victim.port]) as proxy:
+
         def send(_):
             try:
                 return upload(client, jpeg)

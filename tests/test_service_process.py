@@ -62,7 +62,9 @@ def test_oversized_body_is_refused_before_it_is_sent(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(
             f"POST /detect HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
-            f"Content-Length: {50 * 2**20}\r\n\r\n".encode() + b"\xff\xd8\xff" + b"\0" * 65_536
+            f"Content-Length: {50 * 2**20}\r\n\r\n".encode()
+            + b"\xff\xd8\xff"
+            + b"\0" * 65_536
         )
         status, body = read_raw_response(sock)
     assert status == 413, body
@@ -100,8 +102,13 @@ def test_operations_endpoints(server):
 def test_an_unloadable_model_exits_with_one_clear_line(tmp_path):
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
-    result = subprocess.run([sys.executable, "-m", "service", "--model", str(bad), "--port", "0"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "--model", str(bad), "--port", "0"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "error: cannot load model" in result.stderr and str(bad) in result.stderr
     assert "Traceback" not in result.stderr

@@ -39,8 +39,20 @@ def json_lines(text: str) -> list[dict]:
 def test_local_model_writes_an_annotated_video(clip, tmp_path, capsys):
     model = small_checkpoint(tmp_path / "small.pt")
     output = tmp_path / "out.mp4"
-    argv = ["--source", str(clip), "--model", str(model), "--no-display", "--output", str(output), "--json",
-            "--score-threshold", "0.01", "--max-frames", "5"]
+    argv = [
+        "--source",
+        str(clip),
+        "--model",
+        str(model),
+        "--no-display",
+        "--output",
+        str(output),
+        "--json",
+        "--score-threshold",
+        "0.01",
+        "--max-frames",
+        "5",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert [line["frame"] for line in json_lines(captured.out)] == [1, 2, 3, 4, 5]

@@ -176,9 +176,22 @@ def test_eval_only_scores_an_onnx_export_as_its_checkpoint(reference_run, env, t
     assert scores["best.onnx"]["AP50"] == pytest.approx(scores["best.pt"]["AP50"], abs=2e-3)
 
     result = subprocess.run(
-        [sys.executable, "-m", "train.coco", "--eval-only", "--weights", str(tmp_path / "best.onnx"), *DATA,
-         "--output-dir", str(tmp_path / "best.onnx")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "train.coco",
+            "--eval-only",
+            "--weights",
+            str(tmp_path / "best.onnx"),
+            *DATA,
+            "--output-dir",
+            str(tmp_path / "best.onnx"),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert f"--output-dir {tmp_path / 'best.onnx'}: cannot create the directory" in result.stderr
