@@ -14,6 +14,9 @@ from PIL import Image
 # the benchmarks and the INT8 person detector's calibration use them.
 SAMPLE_PHOTOS = Path(__file__).parent / "photos"
 
+# What the library reads as images from a folder (calibration, corpus detection).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Reads an image file as RGB uint8 ``[H, W, 3]``, EXIF orientation applied.

@@ -16,9 +16,8 @@ from tqdm import tqdm
 
 from ..core import SSDLiteConfig
 from ..errors import SSDLiteError
-from ..images import preprocess, read_image
+from ..images import IMAGE_SUFFIXES, preprocess, read_image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # average-minmax: each activation's range is the mean over the images of each image's min and max.
 # The plain extremes (minmax) let one outlier image stretch a range: person AP on coco128 fell
 # from 0.195 to 0.063 calibrated on 64 COCO photos, against 0.180 averaged (see the README).

@@ -1,0 +1,1 @@
+"""Detection over image corpora: inputs, output formats, sliced inference, resume, Ray Data."""
