@@ -15,6 +15,8 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from ssdlite.batch.inputs import collect_sources
 from ssdlite.batch.records import Record, Source
 from ssdlite.batch.runner import CorpusOptions, detect_sources
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     sources = repeated_sources(args.images, args.repeat)
     detector = Detector.load(args.model, backend="auto", threads=args.threads)
+    if detector.backend.name == "onnxruntime":
+        torch.set_num_threads(1)  # as ssdlite detect does: torch's threads would fight ONNX Runtime's
     detector.predict_batch([read_image(sources[0].path)] * args.batch_size)  # ONNX Runtime plans each shape once
     print(machine_description())
     print(

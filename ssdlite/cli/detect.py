@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..batch.formats import OUTPUT_FORMATS, CocoImages, OutputContext, load_coco_images, parse_formats, write_outputs
 from ..batch.inputs import collect_sources
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> int:
             return fail("no image or video files in the inputs")
         coco_images = _coco_images(args.coco_images, inputs.sources) if args.coco_images else None
         detector = Detector.load(args.model, backend=args.backend, device=args.device, threads=args.threads)
+        if detector.backend.name == "onnxruntime":
+            # torch only resizes and post-processes here; its thread pool would fight ONNX Runtime's for
+            # the cores, as in the service.
+            torch.set_num_threads(1)
         classes = tuple(n.strip() for n in args.classes.split(",") if n.strip()) if args.classes else None
         if classes:
             check_classes(classes, detector.class_names)
