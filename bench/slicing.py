@@ -10,20 +10,22 @@ COCOeval scores the person boxes (AP, AP50, and AP by size: small under 32 x 32 
 medium under 96 x 96, large above). The same comparison then runs on the 128 original photos,
 sliced at ``--photo-slice`` px (0 skips it), as the originals are no larger than 640 px.
 
-Findings (``python -m bench.slicing``, defaults, tf-pedestrian, 2-core x86_64 CPU, torch 2.14.1):
+Findings (``python -m bench.slicing``, defaults, tf-pedestrian, 2-core x86_64 CPU, torch 2.14.1,
+2026-12-06):
 
-* On the canvases slicing lifts person AP50 from 0.214 to 0.320 and AP from 0.105 to 0.130, nearly
-  all of it on medium people (APm 0.005 -> 0.111): 32-96 px people shrink to 4-11 px when the
+* On the canvases slicing lifts person AP50 from 0.214 to 0.336 and AP from 0.105 to 0.143, nearly
+  all of it on medium people (APm 0.005 -> 0.103): 32-96 px people shrink to 4-11 px when the
   whole canvas is squeezed into 300 px, and to 15-45 px in a 640 px tile. It costs 21 detector
-  runs per canvas instead of one (0.88 s against 0.036 s). Small people (under 32 px on the
-  canvas, 15 px in a tile) stay beyond this model either way (APs 0.000 -> 0.007).
-* On the original photos (640 px and less) slicing at 320 px doubles APs (0.027 -> 0.068) and
-  APm (0.177 -> 0.327) but loses on large people (APl 0.521 -> 0.366), so AP stays level (0.195
-  -> 0.186): a tile that cuts through a large person reports the part it sees, a box that NMS at
-  IoU 0.5 does not merge with the whole person's. Leaving out the tile boxes that touch an inner
-  tile edge (the whole-image pass keeps those people) raised canvas AP to 0.145 and AP50 to 0.345
-  in an offline re-merge of the same detections; suppressing by intersection over the smaller box
-  (SAHI's match metric, without its box merging) instead lowered them (0.122 / 0.314).
+  runs per canvas instead of one (0.81 s against 0.033 s). Small people (under 32 px on the
+  canvas, 15 px in a tile) stay beyond this model either way (APs 0.000 -> 0.008).
+* On the original photos (640 px and less) slicing at 320 px raises AP from 0.195 to 0.212, APs
+  from 0.027 to 0.071 and APm from 0.177 to 0.336, but loses on large people (APl 0.521 -> 0.409).
+* A tile that cuts through a person reports the part it sees, a box that NMS at IoU 0.5 does not
+  merge with the whole person's. ``predict_sliced`` therefore drops tile boxes that end on an inner
+  tile edge (the whole-image pass or the neighbouring tile sees those people whole): before that
+  rule the canvases scored 0.130 / 0.320 and the photos 0.186 / 0.393 (APl 0.366). Suppressing by
+  intersection over the smaller box (SAHI's match metric, without its box merging) instead lowered
+  the canvases to 0.122 / 0.314.
 """
 
 import argparse
