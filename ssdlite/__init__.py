@@ -1,10 +1,11 @@
 """SSDLite object detection on MobileNet backbones.
 
-The package is layered, and imports flow down only: ``cli`` > ``runtime`` (backends, loader,
-``Detector``) > ``weights`` (checkpoints, zoo, TF converter) > ``deploy`` (export formats) >
-``images`` > ``core`` (the network and its math) > ``errors``.
+The package is layered, and imports flow down only: ``cli`` > ``batch`` (corpus detection) >
+``runtime`` (backends, loader, ``Detector``) > ``weights`` (checkpoints, zoo, TF converter) >
+``deploy`` (export formats) > ``images`` > ``core`` (the network and its math) > ``errors``.
 """
 
+from .batch.slicing import predict_sliced
 from .core import PRESETS, PostprocessConfig, SSDLite, SSDLiteConfig, build_model, get_config
 from .deploy import export_model, export_onnx
 from .errors import SSDLiteError
@@ -28,6 +29,7 @@ __all__ = [
     "get_config",
     "load_backend",
     "load_checkpoint",
+    "predict_sliced",
     "read_image",
     "save_checkpoint",
 ]
