@@ -109,6 +109,16 @@ def test_video_frames_every_nth(tmp_path, checkpoint, capsys):
     assert [line["image"] for line in lines] == [f"{video}#0", f"{video}#4", f"{video}#8"]
     assert all((line["width"], line["height"]) == (64, 48) for line in lines)
 
+    out = tmp_path / "out"
+    assert (
+        detect_main([str(video), "--vid-stride", "4", "--model", str(checkpoint), "--format", "yolo", "-o", str(out)])
+        == 0
+    )
+    frames = ["clip_000000", "clip_000004", "clip_000008"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{name}.jpg" for name in frames]
+    assert sorted(p.name for p in (out / "labels").iterdir()) == [f"{name}.txt" for name in frames]
+    assert cv2.imread(str(out / "images" / "clip_000004.jpg")).shape == (48, 64, 3)
+
 
 def run_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen(

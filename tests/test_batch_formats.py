@@ -212,7 +212,7 @@ def test_unusable_coco_images_file(tmp_path, content, message):
 
 
 def test_coco_dataset_loads_in_pycocotools(tmp_path, records, context):
-    frame = Record(3, "/videos/clip.mp4#12", "clip_000012", 320, 240, [detection([0, 0, 32, 24], 0.6, 1)])
+    frame = Record(3, "/videos/clip.mp4#12", "clip_000012", 320, 240, [detection([0, 0, 32, 24], 0.6, 1)], 12)
     (path,) = write_outputs(["coco"], [*records, frame], tmp_path, context)
     assert path.name == "coco.json"
     with contextlib.redirect_stdout(io.StringIO()):
@@ -272,7 +272,7 @@ def test_yolo_video_frames_use_the_runners_jpeg(tmp_path, context):
     out = tmp_path / "out"
     (out / "images").mkdir(parents=True)
     cv2.imwrite(str(out / "images" / "clip_000003.jpg"), np.zeros((240, 320, 3), np.uint8))
-    frame = Record(0, str(tmp_path / "clip.mp4#3"), "clip_000003", 320, 240, [detection([0, 0, 160, 120], 0.6, 2)])
+    frame = Record(0, str(tmp_path / "clip.mp4#3"), "clip_000003", 320, 240, [detection([0, 0, 160, 120], 0.6, 2)], 3)
     write_outputs(["yolo"], [frame], out, context)
     assert not (out / "images" / "clip_000003.jpg").is_symlink()
     assert (out / "labels" / "clip_000003.txt").read_text() == "1 0.250000 0.250000 0.500000 0.500000\n"
@@ -332,7 +332,7 @@ def test_labelstudio_tasks_follow_the_documented_format(tmp_path, records, conte
 
 def test_labelstudio_boxes_are_clipped_and_urls_prefixed(tmp_path, context):
     outside = Record(0, "/photos/wide.png", "wide", 200, 100, [detection([-20, 50, 250, 130], 0.5, 1)])
-    frame = Record(1, "/videos/clip.mp4#12", "clip_000012", 200, 100, [])
+    frame = Record(1, "/videos/clip.mp4#12", "clip_000012", 200, 100, [], 12)
     prefixed = OutputContext(CLASS_NAMES, "v1", image_url_prefix="/data/local-files/?d=out/images/")
     (path,) = write_outputs(["labelstudio"], [outside, frame], tmp_path, prefixed)
     tasks = json.loads(path.read_text())

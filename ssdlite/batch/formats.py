@@ -42,7 +42,6 @@ SCORE_DECIMALS = 5
 NORMALISED_DECIMALS = 6  # YOLO: 1e-6 of a 10k-pixel side is 0.01 px, the pixel rounding
 PERCENT_DECIMALS = 4
 MISSING_EXAMPLES = 5  # names listed in an error; the rest are counted
-FRAME_SUFFIX = ".jpg"  # the runner writes video frames as <name>.jpg
 
 
 class FormatError(SSDLiteError, ValueError):
@@ -366,7 +365,7 @@ def write_yolo(records: list[Record], output_dir: Path, context: OutputContext) 
     images_dir.mkdir(exist_ok=True)
     for record in records:
         _place_image(record, images_dir)
-    expected = {_image_file_name(record) for record in records}
+    expected = {record.file_name for record in records}
     others = [
         path
         for path in images_dir.rglob("*")
@@ -398,7 +397,7 @@ def write_labelstudio(records: list[Record], output_dir: Path, context: OutputCo
     """
     tasks = []
     for record in records:
-        url = record.image if context.image_url_prefix is None else context.image_url_prefix + _image_file_name(record)
+        url = record.image if context.image_url_prefix is None else context.image_url_prefix + record.file_name
         results = [_labelstudio_region(record, index, detection) for index, detection in enumerate(record.detections)]
         scores = [detection["score"] for detection in record.detections]
         prediction = {
@@ -465,18 +464,9 @@ def _yaml_string(text: str) -> str:
     return "".join(characters)
 
 
-def _is_video_frame(record: Record) -> bool:
-    return "#" in record.image and not os.path.isfile(record.image)
-
-
-def _image_file_name(record: Record) -> str:
-    """The record's file in ``images/``: its unique name plus the input's suffix (``.jpg`` for a video frame)."""
-    return record.name + (FRAME_SUFFIX if _is_video_frame(record) else Path(record.image).suffix)
-
-
 def _coco_file_name(record: Record) -> str:
     # CVAT matches annotations to the task's images by their original file names.
-    return record.name + FRAME_SUFFIX if _is_video_frame(record) else os.path.basename(record.image)
+    return record.file_name if record.frame is not None else os.path.basename(record.image)
 
 
 def _yolo_lines(record: Record, confidence: bool) -> Iterator[str]:
@@ -497,8 +487,8 @@ def _yolo_lines(record: Record, confidence: bool) -> Iterator[str]:
 
 
 def _place_image(record: Record, images_dir: Path) -> None:
-    target = images_dir / _image_file_name(record)
-    if _is_video_frame(record):
+    target = images_dir / record.file_name
+    if record.frame is not None:
         if not target.is_file():
             logger.warning(
                 "%s: the frame of %s is missing, so its labels have no image to train on", target, record.image

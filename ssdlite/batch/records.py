@@ -8,6 +8,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+FRAME_SUFFIX = ".jpg"  # a video frame's image outputs (annotated, YOLO images/) are JPEG files
+
+
+def output_file_name(name: str, path: str | Path, frame: int | None) -> str:
+    """The file name of an input's image outputs: its unique name plus the input's suffix, or ``.jpg`` for a frame."""
+    return name + (FRAME_SUFFIX if frame is not None else Path(path).suffix)
+
 
 @dataclass(frozen=True)
 class Source:
@@ -21,6 +28,10 @@ class Source:
     path: Path
     name: str
     frame: int | None = None  # 0-based frame number of a video; None for an image file
+
+    @property
+    def file_name(self) -> str:
+        return output_file_name(self.name, self.path, self.frame)
 
     @property
     def key(self) -> str:
@@ -39,6 +50,11 @@ class Record:
     width: int
     height: int
     detections: list[dict[str, Any]]
+    frame: int | None = None  # Source.frame
+
+    @property
+    def file_name(self) -> str:
+        return output_file_name(self.name, self.image, self.frame)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -98,7 +98,7 @@ def _detect_batch(detector, batch, reader, futures, options, on_result) -> list[
         found = detector.predict_batch([image for _, image in readable], **thresholds)
     for (source, image), detections in zip(readable, found, strict=True):
         height, width = image.shape[:2]
-        results[source.index] = Record(source.index, source.key, source.name, width, height, detections)
+        results[source.index] = Record(source.index, source.key, source.name, width, height, detections, source.frame)
     ordered = [results[source.index] for source in batch]
     if on_result:
         images = {source.index: image for source, image in readable}

@@ -156,7 +156,7 @@ def _run_to_stdout(args, detector, inputs, output: Path | None, options: CorpusO
         line = {"image": result.image, "width": result.width, "height": result.height, "detections": result.detections}
         print(json.dumps(line), flush=True)
         if output is not None and image is not None:
-            _write_annotated(output if single_file else output / _file_name(source), image, result)
+            _write_annotated(output if single_file else output / source.file_name, image, result)
 
     results = _detect(args, detector, inputs.sources, options, journal=None, on_result=show)
     for problem in inputs.missing:
@@ -186,9 +186,9 @@ def _run_to_directory(args, detector, inputs, formats, output: Path, options, co
         if image is None or isinstance(result, Problem):
             return
         if "images" in formats:
-            _write_annotated(output / ANNOTATED_DIR / _file_name(source), image, result)
+            _write_annotated(output / ANNOTATED_DIR / source.file_name, image, result)
         if "yolo" in formats and source.frame is not None:  # a frame has no file of its own to link to
-            _write_atomically(output / "images" / f"{source.name}.jpg", image)
+            _write_atomically(output / "images" / source.file_name, image)
 
     try:
         results = _detect(args, detector, inputs.sources, options, journal=journal, on_result=save)
@@ -242,16 +242,17 @@ def _detect(args, detector, sources, options, journal, on_result):
         workers=args.ray_workers,
     )
     by_index = {source.index: source for source in pending}
+    finished: list[Record | Problem] = []
     for result in found:
-        if journal:
-            journal.append([result])
         done[result.index] = result
         on_result(by_index[result.index], result, None)
+        finished.append(result)
+        if journal and len(finished) == args.batch_size:  # one synced write per batch, as the local runner
+            journal.append(finished)
+            finished = []
+    if journal and finished:
+        journal.append(finished)
     return [done[source.index] for source in sources]
-
-
-def _file_name(source: Source) -> str:
-    return f"{source.name}{source.path.suffix.lower() if source.frame is None else '.jpg'}"
 
 
 def _write_annotated(path: Path, image: np.ndarray, record: Record):
