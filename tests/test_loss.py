@@ -503,6 +503,7 @@ def test_rejects_unknown_modes():
         SSDLoss(anchors, box_loss="l2")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("classification,box_loss", CONFIGS)
 def test_cuda_matches_cpu(classification, box_loss):
