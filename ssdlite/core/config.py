@@ -4,7 +4,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .anchors import ANCHOR_STYLES
+from .anchors import ANCHOR_STYLES, DEFAULT_ASPECT_RATIOS
 from .backbones import BACKBONES
 from .layers import PADDING_STYLES
 
@@ -57,7 +57,9 @@ class SSDLiteConfig:
     """Everything that defines a model; stored in checkpoints and exported files.
 
     ``num_classes`` counts the background class (index 0). ``mean``/``std`` apply to RGB
-    pixel values in [0, 255].
+    pixel values in [0, 255]. ``aspect_ratios`` are the ``"ssd"`` anchor style's ratios r (each
+    places an r and a 1/r box beside the two square ones, so they set the heads' size); the
+    ``"tf"`` style's ratios are fixed and it refuses other values.
     """
 
     backbone: str = "mobilenet_v2"
@@ -68,6 +70,7 @@ class SSDLiteConfig:
     anchor_style: str = "ssd"
     min_scale: float = 0.2
     max_scale: float = 0.95
+    aspect_ratios: tuple[float, ...] = DEFAULT_ASPECT_RATIOS
     padding: str = "torch"
     bn_eps: float = 1e-3
     bn_momentum: float = 0.03
@@ -76,6 +79,13 @@ class SSDLiteConfig:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
 
     def __post_init__(self):
+        try:
+            ratios = tuple(float(r) for r in self.aspect_ratios)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"invalid SSDLiteConfig: aspect_ratios must be numbers, got {self.aspect_ratios!r}"
+            ) from None
+        object.__setattr__(self, "aspect_ratios", ratios)  # a list or ints compare and serialise as this tuple
         _check(
             [
                 (self.backbone in BACKBONES, f"backbone must be one of {sorted(BACKBONES)}"),
@@ -84,6 +94,13 @@ class SSDLiteConfig:
                 (self.num_classes >= 2, "num_classes counts background and must be at least 2"),
                 (self.image_size >= 32, "image_size must be at least 32"),
                 (self.width_mult > 0, "width_mult must be positive"),
+                (0 < self.min_scale < self.max_scale, "anchor scales need 0 < min_scale < max_scale"),
+                (len(ratios) > 0, "aspect_ratios needs at least one ratio"),
+                (all(0 < r < float("inf") for r in ratios), "aspect_ratios must be positive"),
+                (
+                    self.anchor_style == "ssd" or ratios == DEFAULT_ASPECT_RATIOS,
+                    f"the 'tf' anchor style has fixed aspect ratios; aspect_ratios={ratios} needs anchor_style 'ssd'",
+                ),
                 (len(self.extra_depths) == 4, "extra_depths needs four depths"),
                 (isinstance(self.postprocess, PostprocessConfig), "postprocess must be a PostprocessConfig"),
             ],

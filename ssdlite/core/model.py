@@ -53,7 +53,7 @@ class SSDLite(nn.Module):
             depth = make_divisible(depth * config.width_mult, 8, min_value=16)
             self.extras.append(ExtraBlock(channels[-1], depth, **options))
             channels.append(depth)
-        boxes_per_location = num_anchors_per_location(config.anchor_style, len(channels))
+        boxes_per_location = num_anchors_per_location(config.anchor_style, len(channels), config.aspect_ratios)
         self.box_head = SSDLiteHead(channels, boxes_per_location, 4, **options)
         self.class_head = SSDLiteHead(channels, boxes_per_location, config.num_classes, **options)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
