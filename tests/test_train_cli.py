@@ -77,6 +77,7 @@ def test_uninterrupted_tiny_run_writes_every_output(reference_run):
     run_dir, result = reference_run
     for name in ("last.pt", "best.pt", "metrics.csv", "metrics.json", "curves.png", "val_detections.png"):
         assert (run_dir / name).is_file(), name
+    assert "anchor fit: " in result.stdout and json.loads((run_dir / "anchor_fit.json").read_text())["boxes"] > 0
     rows = history(run_dir)
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
     assert [r["epoch"] for r in rows if "AP" in r] == list(range(2, EPOCHS + 1, 2))
@@ -108,6 +109,7 @@ def test_kill_9_then_resume_continues_from_the_last_checkpoint(reference_run, en
 
     result = run_cli(["--resume", str(run_dir)], env)
     assert f"at epoch {saved['epoch'] + 1}" in result.stdout
+    assert "anchor fit" not in result.stdout + result.stderr  # printed once, when the run started
     resumed, reference = history(run_dir), history(reference_run[0])
     assert [r["epoch"] for r in resumed] == list(range(1, EPOCHS + 1))
     # Augmentation and shuffling are seeded per (seed, epoch, sample) and the processes run one

@@ -24,12 +24,12 @@ from ssdlite.core.loss import SSDLoss
 from ssdlite.weights import ZooError
 from ssdlite.weights.checkpoint import CheckpointError
 
-from . import distributed, outputs
+from . import anchor_fit, distributed, outputs, tracking
 from .config import TrainConfig, UsageError, parse_args, resolve_config, resume_payload
 from .data import CocoDetection, DataError, build_loaders, open_datasets
 from .engine import evaluate, train_one_epoch
 from .evaluation import CocoEvaluator
-from .modeling import build_train_model, init_class_prior, load_eval_model
+from .modeling import build_train_model, freeze_layers, init_class_prior, load_eval_model
 from .optim import ModelEMA, build_optimizer, warmup_cosine
 from .transforms import build_transform
 
@@ -143,6 +143,7 @@ class StopSignal:
 def train(config: TrainConfig, dist_info, device) -> dict:
     log = print if dist_info.is_main else _quiet
     resume = resume_payload(config.resume) if config.resume else None
+    tracking.require_backends(config)
     train_set, val_set = open_datasets(
         config.data, dist_info, classes=config.classes, seed=config.seed, progress=config.progress
     )
@@ -157,6 +158,7 @@ def train(config: TrainConfig, dist_info, device) -> dict:
     train_set.transform = build_transform(config_model.image_size, config.augment, train=True)
     val_set.transform = build_transform(config_model.image_size, train=False)
 
+    frozen = freeze_layers(model, config.freeze)
     model.to(device)
     criterion = SSDLoss(
         model.anchors, config_model.postprocess.box_weights, classification=classification, box_loss=config.box_loss
@@ -170,12 +172,7 @@ def train(config: TrainConfig, dist_info, device) -> dict:
         raise DataError(f"{config.data.describe('train')}: no training images")
     schedule = warmup_cosine(config.epochs * steps_per_epoch, round(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    # The EMA's decay ramps up over a tenth of a short run (at most 2000 steps).
-    ema = (
-        ModelEMA(model, config.ema_decay, warmup=max(1, min(2000, config.epochs * steps_per_epoch // 10)))
-        if config.ema_decay
-        else None
-    )
+    ema = ModelEMA(model, config.ema_decay) if config.ema_decay else None
     start_epoch, start_step, best_map, history = 0, 0, -1.0, []
     if resume:
         state = resume["train_state"]
@@ -212,7 +209,9 @@ def train(config: TrainConfig, dist_info, device) -> dict:
     log(
         f"model {built.origin}: image {config_model.image_size}, width {config_model.width_mult}, "
         f"anchor scales {config_model.min_scale:g}-{config_model.max_scale:g}, "
-        f"{len(class_names)} classes, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{len(class_names)} classes, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters "
+        f"({sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6:.2f}M trained"
+        f"{', --freeze ' + config.freeze if config.freeze else ''}), "
         f"{model.anchors.shape[0]} anchors, {classification} loss; "
         f"re-initialised: {', '.join(built.reinitialised) or 'nothing (same classes)'}"
     )
@@ -221,10 +220,26 @@ def train(config: TrainConfig, dist_info, device) -> dict:
         f"process(es), {config.optimizer} lr {config.lr:.4g}, device {device}, amp {amp or 'off'}, "
         f"channels_last {channels_last}, {config.workers} workers/process; outputs in {output_dir}"
     )
+    if dist_info.is_main and not (resume and (output_dir / anchor_fit.FILE).is_file()):  # once per run
+        boxes = anchor_fit.training_boxes(train_set.records)
+        fit = anchor_fit.measure(config_model, boxes, criterion.iou_threshold, model.anchors, bool(config.init))
+        (output_dir / anchor_fit.FILE).write_text(json.dumps(fit.to_dict(), indent=1))
+        log(fit.summary())
+        if fit.warning:
+            print(fit.warning, file=sys.stderr)
     checkpoint_extra = {"category_ids": list(categories.category_ids)}
+    tracker = tracking.open_run_logger(
+        config,
+        output_dir,
+        is_main=dist_info.is_main,
+        start_step=start_epoch * steps_per_epoch + start_step,
+        resumed=resume["train_state"].get("tracking", {}) if resume else None,
+    )
+    tracker.log_params(config)
 
     stop = StopSignal()
     started = time.perf_counter()
+    status = "FAILED"
     try:
         for epoch in range(start_epoch, config.epochs):
             train_loader.sampler.set_epoch(epoch)
@@ -244,8 +259,10 @@ def train(config: TrainConfig, dist_info, device) -> dict:
                 channels_last=channels_last,
                 clip_grad=config.clip_grad,
                 first_step=first_step,
+                frozen=frozen,
                 should_stop=stop,
                 progress=dist_info.is_main and config.progress,
+                on_log=tracker.step_callback(epoch * steps_per_epoch),
             )
             skipped = [s for part in distributed.all_gather_object(result.skipped) for s in part]
             if dist_info.is_main:
@@ -259,8 +276,10 @@ def train(config: TrainConfig, dist_info, device) -> dict:
                 "best_map": best_map,
                 "history": history,
                 "args": config.cli,
+                "tracking": tracker.state,
             }
             if result.stopped:
+                status = "KILLED"
                 state.update(epoch=epoch, step=result.completed_steps)
                 if dist_info.is_main:
                     path = save_checkpoint(
@@ -305,6 +324,16 @@ def train(config: TrainConfig, dist_info, device) -> dict:
                 best_map = eval_result.map
             state.update(epoch=epoch + 1, step=0, best_map=best_map, history=history)
             if dist_info.is_main:
+                step = (epoch + 1) * steps_per_epoch
+                if eval_result is not None and (last or tracker.active):
+                    grid = outputs.detection_grid(
+                        output_dir / "val_detections.png" if last else None,
+                        eval_model,
+                        class_names,
+                        [r.path for r in val_set.records],
+                    )
+                    tracker.log_images("val/detections", step, grid)
+                tracker.log_epoch(epoch + 1, step, row, eval_result)
                 save_checkpoint(output_dir / "last.pt", eval_model, class_names, train_state=state, **checkpoint_extra)
                 if improved:
                     save_checkpoint(
@@ -329,13 +358,14 @@ def train(config: TrainConfig, dist_info, device) -> dict:
                     )
                 log(line + f" | elapsed {_minutes(time.perf_counter() - started)}", flush=True)
                 if last:
-                    outputs.detection_grid(
-                        output_dir / "val_detections.png", eval_model, class_names, [r.path for r in val_set.records]
-                    )
+                    names = ("best.pt", "metrics.csv", "metrics.json", "curves.png", "val_detections.png")
+                    tracker.log_artifacts(output_dir / name for name in names)
                     log("\n" + eval_result.format())
             distributed.barrier()
+        status = "FINISHED"
     finally:
         stop.restore()
+        tracker.close(status)
     elapsed = time.perf_counter() - started
     log(
         f"\ndone in {_minutes(elapsed)}: best val AP {best_map:.3f}; checkpoints, metrics.csv/json, curves.png and "

@@ -7,12 +7,16 @@ sees the frozen result.
 
 import argparse
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ssdlite import SSDLiteConfig, SSDLiteError
+from ssdlite.core.anchors import num_anchors_per_location
 from ssdlite.core.backbones.imagenet import check_backbone_weights
 from ssdlite.core.model import get_config
+from ssdlite.runtime import model_file
 from ssdlite.weights.checkpoint import CheckpointError, read_checkpoint
 
 from .data import DataError, DataSource, parse_class_list
@@ -36,8 +40,11 @@ class TrainConfig:
     model: str
     image_size: int | None  # None: the preset's (or the --init checkpoint's)
     width_mult: float | None
-    min_scale: float | None
+    min_scale: float | None  # anchor scales and ratios, None: the preset's (or the --init checkpoint's)
+    max_scale: float | None
+    aspect_ratios: tuple[float, ...] | None
     init: str | None  # zoo name or checkpoint to fine-tune
+    freeze: str | None  # "backbone", "features" or a number of backbone layers; None: train everything
     backbone_weights: str | None  # "imagenet", a state-dict path, or None (from scratch)
     # optimisation
     epochs: int
@@ -65,6 +72,8 @@ class TrainConfig:
     resume: str | None
     eval_only: bool
     weights: str | None
+    tensorboard: bool  # event files in RUN_DIR/tensorboard
+    mlflow: bool  # also log to MLflow ($MLFLOW_TRACKING_URI)
     # The command-line values behind this config, stored in checkpoints for --resume.
     cli: dict = field(default_factory=dict, compare=False)
 
@@ -104,7 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", help="preset name, e.g. ssdlite320_mobilenet_v2")
     model.add_argument("--image-size", type=int, help="input size (square)")
     model.add_argument("--width-mult", type=float, help="backbone width multiplier")
-    model.add_argument("--min-scale", type=float, help="anchor scale of the first feature map (preset: 0.2)")
+    model.add_argument(
+        "--anchor-scales",
+        metavar="MIN,MAX",
+        help="anchor scales of the first and last feature maps, as fractions of the input side (preset: 0.2,0.95); "
+        "a smaller MIN for small objects: see the 'anchor fit' line printed before the first epoch",
+    )
+    model.add_argument(
+        "--aspect-ratios",
+        metavar="R,R,...",
+        help="anchor aspect ratios: each R adds an R:1 and a 1:R box at every location (preset: 2,3); add one "
+        "for elongated objects, e.g. 2,3,5; their number sets the heads' size, so --init takes as many as it has",
+    )
+    model.add_argument("--min-scale", type=float, help="MIN of --anchor-scales alone (older spelling)")
     model.add_argument(
         "--backbone-weights",
         metavar="imagenet|none|PATH",
@@ -117,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from these weights: a model-zoo name (e.g. tf-pedestrian) or a checkpoint "
         "path; backbone, extras and box head are loaded, class predictors re-initialised when the "
         "classes differ; the architecture comes from the checkpoint",
+    )
+
+    model.add_argument(
+        "--freeze",
+        metavar="backbone|features|N",
+        help="keep these layers as they start, BatchNorm statistics included: backbone; features (backbone and "
+        "extra layers: only the box and class heads train); N (the backbone's first N layers, the stem first)",
     )
 
     train = parser.add_argument_group("training")
@@ -163,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue a run from its last.pt; its settings are reused unless given again",
     )
     out.add_argument("--no-progress", action="store_true", help="no progress bars (log lines only)")
+    out.add_argument(
+        "--tensorboard",
+        choices=("on", "off"),
+        default="on",
+        help="TensorBoard event files in RUN_DIR/tensorboard (watch with: tensorboard --logdir runs)",
+    )
+    out.add_argument(
+        "--mlflow",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also log to MLflow: $MLFLOW_TRACKING_URI (default: the file store ./mlruns), experiment "
+        "$MLFLOW_EXPERIMENT_NAME (default: ssdlite); needs pip install 'ssdlite[mlflow]'",
+    )
 
     ev = parser.add_argument_group("evaluation only")
     ev.add_argument("--eval-only", action="store_true", help="evaluate --weights on the validation set and exit")
@@ -205,7 +246,7 @@ def resume_payload(resume: str) -> dict:
 def resolve_config(args: argparse.Namespace, explicit: frozenset[str], world_size: int = 1) -> TrainConfig:
     """Checks that the arguments fit together and fills every default; see the module docstring."""
     data = resolve_data_source(args)
-    recipe_name = "embedded" if data.kind == "embedded" else "coco"
+    recipe_name = "finetune" if args.init else "embedded" if data.kind == "embedded" else "coco"
     recipe = RECIPES[recipe_name]
 
     def pick(name: str):
@@ -213,7 +254,7 @@ def resolve_config(args: argparse.Namespace, explicit: frozenset[str], world_siz
         return getattr(recipe, name) if value is None else value
 
     if args.init:
-        conflicting = {"model", "width_mult", "min_scale", "backbone_weights"} & explicit
+        conflicting = {"model", "width_mult", "backbone_weights"} & explicit
         if conflicting:
             flags = "/".join(f"--{name.replace('_', '-')}" for name in sorted(conflicting))
             raise UsageError(f"--init takes the architecture and weights from its checkpoint; drop {flags}")
@@ -232,6 +273,7 @@ def resolve_config(args: argparse.Namespace, explicit: frozenset[str], world_siz
         except ValueError as error:
             raise UsageError(str(error)) from None
         check_backbone_weights(preset.backbone, pick("width_mult") or preset.width_mult, backbone_weights)
+    min_scale, max_scale, aspect_ratios = resolve_anchors(args, pick("min_scale"), pick("model"))
     return TrainConfig(
         data=data,
         recipe=recipe_name,
@@ -239,8 +281,11 @@ def resolve_config(args: argparse.Namespace, explicit: frozenset[str], world_siz
         model=pick("model"),
         image_size=(args.image_size if "image_size" in explicit else None) if args.init else pick("image_size"),
         width_mult=pick("width_mult"),
-        min_scale=pick("min_scale"),
+        min_scale=min_scale,
+        max_scale=max_scale,
+        aspect_ratios=aspect_ratios,
         init=args.init,
+        freeze=parse_freeze(args.freeze),
         backbone_weights=backbone_weights,
         epochs=pick("epochs"),
         batch_size=batch_size,
@@ -265,12 +310,109 @@ def resolve_config(args: argparse.Namespace, explicit: frozenset[str], world_siz
         resume=args.resume,
         eval_only=args.eval_only,
         weights=args.weights,
+        tensorboard=args.tensorboard == "on",
+        mlflow=args.mlflow,
         cli={
             k: v
             for k, v in vars(args).items()
             if k not in _NOT_STORED and (v is None or isinstance(v, (str, int, float)))
         },
     )
+
+
+def parse_freeze(value: str | None) -> str | None:
+    """``backbone`` | ``features`` | a positive layer count -> the same, checked; None: nothing frozen."""
+    if value is None or value in ("backbone", "features"):
+        return value
+    if not value.isdigit() or int(value) == 0:
+        raise UsageError(f"--freeze {value}: not 'backbone', 'features' or a positive number of backbone layers")
+    return value
+
+
+def resolve_anchors(
+    args: argparse.Namespace, min_scale: float | None, model: str
+) -> tuple[float | None, float | None, tuple[float, ...] | None]:
+    """--anchor-scales (or --min-scale) and --aspect-ratios -> (min_scale, max_scale, aspect_ratios).
+
+    Checked against the model they change, the preset or the --init checkpoint, before any data is
+    read. With --init the scales may move (the weights still load; fine-tuning adapts the box
+    regression to the new anchors), but the number of anchors per location must stay: it is the
+    size of the heads the checkpoint's weights fill. A resumed run was checked when it started.
+    """
+    if args.anchor_scales is not None and min_scale is not None:
+        raise UsageError("give --anchor-scales MIN,MAX or --min-scale, not both")
+    max_scale, ratios = None, None
+    if args.anchor_scales is not None:
+        scales = _numbers("--anchor-scales", args.anchor_scales)
+        if len(scales) != 2 or not 0 < scales[0] < scales[1] <= MAX_ANCHOR_SCALE:
+            raise UsageError(
+                f"--anchor-scales {args.anchor_scales}: give MIN,MAX with 0 < MIN < MAX <= {MAX_ANCHOR_SCALE:g}, "
+                "e.g. 0.1,0.95"
+            )
+        min_scale, max_scale = scales
+    elif min_scale is not None and not 0 < min_scale < MAX_ANCHOR_SCALE:
+        raise UsageError(f"--min-scale {min_scale:g}: give a scale between 0 and {MAX_ANCHOR_SCALE:g}, e.g. 0.1")
+    if args.aspect_ratios is not None:
+        ratios = _numbers("--aspect-ratios", args.aspect_ratios)
+        if not all(r > 0 for r in ratios):
+            raise UsageError(f"--aspect-ratios {args.aspect_ratios}: give ratios greater than 0, e.g. 2,3,5")
+    if (min_scale is None and ratios is None) or args.resume:
+        return min_scale, max_scale, ratios
+    if args.init:
+        base, source = init_model_config(args.init), f"the --init checkpoint {args.init}"
+    else:
+        try:
+            base, source = get_config(model), f"preset {model}"
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+    if ratios is not None and base.anchor_style != "ssd":
+        raise UsageError(
+            f"--aspect-ratios {args.aspect_ratios}: {source} has '{base.anchor_style}'-style anchors, "
+            "whose aspect ratios are fixed"
+        )
+    if min_scale is not None and max_scale is None and min_scale >= base.max_scale:
+        raise UsageError(
+            f"--min-scale {min_scale:g}: not below the last map's scale {base.max_scale:g} of {source}; "
+            "give both with --anchor-scales MIN,MAX"
+        )
+    if args.init and ratios is not None:
+        theirs = max(num_anchors_per_location(base.anchor_style, aspect_ratios=base.aspect_ratios))
+        ours = max(num_anchors_per_location(base.anchor_style, aspect_ratios=ratios))
+        if ours != theirs:
+            raise UsageError(
+                f"--aspect-ratios {args.aspect_ratios}: {ours} anchors per location, but the heads of {source} "
+                f"have {theirs} (aspect ratios {','.join(f'{r:g}' for r in base.aspect_ratios)}); give "
+                f"{len(base.aspect_ratios)} ratios or train without --init"
+            )
+    return min_scale, max_scale, ratios
+
+
+# Scales are fractions of the input side; past this the anchors are mostly clipped away.
+MAX_ANCHOR_SCALE = 1.5
+
+
+def _numbers(flag: str, text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{flag} {text if text.strip() else repr(text)}: not a comma-separated list of numbers")
+    return values
+
+
+def init_model_config(init: str) -> SSDLiteConfig:
+    """The config of the checkpoint --init names (a zoo model is fetched on first use)."""
+    try:
+        path, found = model_file(init)
+    except SSDLiteError as error:
+        raise UsageError(f"--init {init}: {error}") from None
+    if found.name != "checkpoint":
+        raise UsageError(f"--init {init}: fine-tuning starts from a checkpoint (.pt), not a {found.name} file")
+    try:
+        return SSDLiteConfig.from_dict(read_checkpoint(path)["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: checkpoint does not describe a valid model ({error})") from None
 
 
 def parse_backbone_weights(value: str | None) -> str | None:

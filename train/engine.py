@@ -56,20 +56,26 @@ def train_one_epoch(
     channels_last: bool = False,
     clip_grad: float | None = None,
     first_step: int = 0,
+    frozen: list[nn.Module] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
     progress: bool = True,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
 ) -> EpochResult:
     """Trains for one pass over ``loader`` (which may start at ``first_step`` of the epoch).
 
-    Every ``LOG_EVERY`` steps the losses are synced to the host for the progress bar and
-    checked for NaN/inf. Under DDP the ranks agree every step on whether to stop (a signal
+    ``frozen`` modules stay in eval mode. Every ``LOG_EVERY`` steps the losses are synced to the
+    host for the progress bar and checked for NaN/inf. Under DDP the ranks agree every step on whether to stop (a signal
     arrived on any rank) and whether to skip the step (a rank got a batch whose images were
-    all unreadable), so no rank is left waiting in a collective.
+    all unreadable), so no rank is left waiting in a collective. At each sync ``on_log`` gets the
+    epoch's step count and the mean losses of the steps since the previous sync, with the lr.
     """
     model.train()
+    for module in frozen or ():
+        module.eval()  # frozen BatchNorm keeps its running statistics
     result = EpochResult(completed_steps=first_step)
     totals = torch.zeros(3, device=device)
     steps_in_totals = 0
+    logged, logged_steps = [0.0, 0.0, 0.0], 0
     start = time.perf_counter()
     bar = tqdm(
         total=first_step + len(loader),
@@ -114,7 +120,8 @@ def train_one_epoch(
         steps_in_totals += 1
         result.images += len(batch)
         if steps_in_totals % LOG_EVERY == 0 or result.completed_steps == first_step + len(loader):
-            loss, loss_box, loss_cls = (totals / steps_in_totals).tolist()
+            sums = totals.tolist()
+            loss, loss_box, loss_cls = (value / steps_in_totals for value in sums)
             if not math.isfinite(loss):
                 raise FloatingPointError(f"training loss is {loss} at epoch {epoch}; try a lower --lr or --clip-grad")
             result.loss, result.loss_box, result.loss_cls = loss, loss_box, loss_cls
@@ -126,6 +133,12 @@ def train_one_epoch(
                 lr=f"{optimizer.param_groups[0]['lr']:.2e}",
                 img_s=f"{result.images_per_second:.1f}",
             )
+            if on_log is not None:
+                window = steps_in_totals - logged_steps
+                means = [(now - before) / window for now, before in zip(sums, logged, strict=True)]
+                lr = optimizer.param_groups[0]["lr"]
+                on_log(result.completed_steps, dict(zip(("loss", "loss_box", "loss_cls"), means, strict=True), lr=lr))
+                logged, logged_steps = sums, steps_in_totals
     bar.close()
     if steps_in_totals:
         loss, loss_box, loss_cls = (totals / steps_in_totals).tolist()

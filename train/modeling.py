@@ -13,6 +13,8 @@ from ssdlite.weights import CheckpointError, read_checkpoint
 
 from .config import TrainConfig, UsageError
 
+ANCHOR_FIELDS = ("min_scale", "max_scale", "aspect_ratios")  # TrainConfig fields that override the model's
+
 
 @dataclasses.dataclass
 class TrainModel:
@@ -26,10 +28,11 @@ def build_train_model(config: TrainConfig, class_names: list[str], resume: dict 
     torch.manual_seed(config.seed)
     if resume:  # the architecture as trained (an --init checkpoint need not exist any more)
         return TrainModel(SSDLite(SSDLiteConfig.from_dict(resume["config"])), [], f"resumed {resume['path']}")
+    anchors = {k: getattr(config, k) for k in ANCHOR_FIELDS if getattr(config, k) is not None}
     if config.init:
-        return model_from_init(config.init, class_names, config.image_size)
-    names = ("image_size", "width_mult", "min_scale")
-    overrides = {k: getattr(config, k) for k in names if getattr(config, k) is not None}
+        return model_from_init(config.init, class_names, config.image_size, anchors)
+    names = ("image_size", "width_mult")
+    overrides = {k: getattr(config, k) for k in names if getattr(config, k) is not None} | anchors
     model = build_model(
         config.model, num_classes=len(class_names) + 1, backbone_weights=config.backbone_weights, **overrides
     )
@@ -37,11 +40,14 @@ def build_train_model(config: TrainConfig, class_names: list[str], resume: dict 
     return TrainModel(model, ["class_head"], origin)
 
 
-def model_from_init(init: str, class_names: list[str], image_size: int | None) -> TrainModel:
+def model_from_init(
+    init: str, class_names: list[str], image_size: int | None, anchors: dict | None = None
+) -> TrainModel:
     """Builds a model from a zoo name or checkpoint path for fine-tuning on ``class_names``.
 
     Backbone, extras, box head and the class head's depthwise layers load as they are; the class
     head's final 1x1 predictors are re-initialised unless the checkpoint has the same classes.
+    ``anchors`` overrides anchor fields (``ANCHOR_FIELDS``) that keep the heads' size.
     """
     try:
         path, model_format = model_file(init)
@@ -57,6 +63,7 @@ def model_from_init(init: str, class_names: list[str], image_size: int | None) -
     overrides = {"num_classes": len(class_names) + 1}
     if image_size:
         overrides["image_size"] = image_size
+    overrides |= anchors or {}
     model = SSDLite(dataclasses.replace(config, **overrides))
     state = dict(payload["model"])
     reinitialised = []
@@ -70,6 +77,31 @@ def model_from_init(init: str, class_names: list[str], image_size: int | None) -
     if set(missing) != set(reinitialised) or unexpected:
         raise CheckpointError(f"{path}: weights do not fit the model (missing {missing}, unexpected {unexpected})")
     return TrainModel(model, reinitialised, f"{init} ({path})")
+
+
+def freeze_layers(model: SSDLite, spec: str | None) -> list[torch.nn.Module]:
+    """Stops training the layers ``spec`` names (see ``--freeze``) and returns them.
+
+    Their parameters stop requiring gradients; the caller keeps the returned modules in eval
+    mode while training (:func:`train.engine.train_one_epoch`) so their BatchNorm statistics stay too.
+
+    Raises:
+        UsageError: ``spec`` counts more layers than the backbone has.
+    """
+    if spec is None:
+        return []
+    if spec == "backbone":
+        frozen = [model.backbone]
+    elif spec == "features":
+        frozen = [model.backbone, model.extras]
+    else:
+        layers = model.backbone.features
+        if int(spec) > len(layers):
+            raise UsageError(f"--freeze {spec}: the {model.config.backbone} backbone has {len(layers)} layers")
+        frozen = list(layers[: int(spec)])
+    for module in frozen:
+        module.requires_grad_(False)
+    return frozen
 
 
 def init_class_prior(model: SSDLite, prior: float = 0.01):

@@ -29,20 +29,25 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
 class ModelEMA:
     """Exponential moving average of a model's weights (and BatchNorm statistics).
 
-    The decay ramps up as ``decay * (1 - exp(-updates / warmup))`` so early, poor weights fade
-    quickly; ``updates`` is saved with the checkpoint for an exact resume.
+    The decay after ``updates`` steps is ``min(decay, (1 + updates) / (10 + updates))``: the
+    average spans about the last tenth of the steps taken so far, until that reaches the horizon
+    of ``decay`` itself (0.9998: about 5000 steps, after ~45k steps). So a 50-step fine-tune
+    averages its last few steps and a 600-epoch run gets the full decay, with one default.
+    ``updates`` is saved with the checkpoint for an exact resume.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9998, warmup: float = 2000):
+    def __init__(self, model: nn.Module, decay: float = 0.9998):
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
         self.decay = decay
-        self.warmup = warmup
         self.updates = 0
+
+    def current_decay(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
 
     @torch.no_grad()
     def update(self, model: nn.Module):
         self.updates += 1
-        decay = self.decay * (1 - math.exp(-self.updates / self.warmup))
+        decay = self.current_decay()
         current = model.state_dict()
         floats, targets = [], []
         for name, value in self.module.state_dict().items():

@@ -54,8 +54,14 @@ def plot_curves(path: Path, history: list[dict]):
     plt.close(fig)
 
 
-def detection_grid(path: Path, model: torch.nn.Module, class_names: list[str], image_paths: list[Path]):
-    """Draws the model's detections (score >= 0.3) on the first validation images, 4 per row."""
+def detection_grid(
+    path: Path | None, model: torch.nn.Module, class_names: list[str], image_paths: list[Path]
+) -> np.ndarray | None:
+    """Draws the model's detections (score >= 0.3) on the first validation images, 4 per row.
+
+    Returns the grid (RGB uint8, also what TensorBoard shows) and writes it to ``path`` if given;
+    None if no image could be read.
+    """
     images = []
     for image_path in image_paths[:GRID_IMAGES]:
         try:
@@ -63,13 +69,16 @@ def detection_grid(path: Path, model: torch.nn.Module, class_names: list[str], i
         except (OSError, ValueError):
             continue
     if not images:
-        return
+        return None
     detector = Detector.from_model(copy.deepcopy(model), class_names)
     predictions = detector.predict_batch(images, score_threshold=GRID_SCORE_THRESHOLD)
     tiles = [_tile(draw_detections(image, dets)) for image, dets in zip(images, predictions, strict=True)]
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 4)
     rows = [np.hstack(tiles[i : i + 4]) for i in range(0, len(tiles), 4)]
-    write_image(path, np.vstack(rows))
+    grid = np.vstack(rows)
+    if path is not None:
+        write_image(path, grid)
+    return grid
 
 
 def _tile(image: np.ndarray) -> np.ndarray:

@@ -4,7 +4,9 @@ The embedded generated dataset gets a small, fast model and a short schedule tha
 minutes on a 2-core CPU, from scratch and offline. Real data (COCO layout, COCO json or YOLO
 ``data.yaml``) gets the SSDLite320 recipe of the paper and torchvision's reference: an ImageNet
 backbone, SGD with Nesterov momentum, 600 epochs with a cosine schedule, SSD augmentation.
-Every field can be overridden on the command line.
+Fine-tuning a trained detector (``--init``) gets its own short recipe on any data: the weights
+already detect, so a lower rate, one warm-up epoch and tens of epochs, not hundreds. Every field
+can be overridden on the command line.
 """
 
 from dataclasses import dataclass
@@ -66,6 +68,23 @@ RECIPES = {
         base_lr=0.2,
         weight_decay=4e-5,
         warmup_epochs=5,
+        augment="ssd",
+        ema_decay=0.9998,
+        eval_every=1,
+    ),
+    # --init: a detector that already works, adapted to a few hundred images (docs/training.md).
+    "finetune": Recipe(
+        model="ssdlite320_mobilenet_v2",  # unused: the architecture comes from the checkpoint
+        image_size=None,
+        width_mult=None,
+        min_scale=None,
+        backbone_weights="none",
+        epochs=10,
+        batch_size=16,
+        optimizer="sgd",
+        base_lr=0.008,
+        weight_decay=4e-5,
+        warmup_epochs=1,
         augment="ssd",
         ema_decay=0.9998,
         eval_every=1,
