@@ -190,7 +190,7 @@ def run_step(name: str, fn: Callable[[], dict | None]) -> dict:
 
 
 def run_steps(
-    steps: list[tuple[str, Callable[[], dict | None]]], on_step: Callable[[list[dict]], None] | None = None
+    steps: list[tuple[str, Callable[[], dict | None]]], on_step: Callable[[list[dict]], object] | None = None
 ) -> list[dict]:
     """Runs every step in order whatever the earlier ones gave; ``on_step`` sees the results so far."""
     results: list[dict] = []
@@ -573,13 +573,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary_path = output_dir / "summary.json"
 
-    def save(results: list[dict], finished: bool = False):
+    def save(results: list[dict], finished: bool = False) -> dict:
         seconds = round(time.perf_counter() - check.started, 1)
-        write_json(str(summary_path), summarize(results, seconds=seconds, finished=finished, **context))
+        summary = summarize(results, seconds=seconds, finished=finished, **context)
+        write_json(str(summary_path), summary)
+        return summary
 
-    results = run_steps(check.steps(), on_step=save)
-    save(results, finished=True)
-    summary = json.loads(summary_path.read_text())
+    summary = save(run_steps(check.steps(), on_step=save), finished=True)
     print("\n" + format_table(summary))
     print(f"summary: {summary_path}; command output: {check.log}", flush=True)
     return 0 if summary["ok"] else 1

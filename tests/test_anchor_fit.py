@@ -23,6 +23,8 @@ from train.data import CocoDetection
 from train.modeling import build_train_model
 from train.transforms import build_transform
 
+from .test_train_modeling import config_from
+
 REPO = Path(__file__).resolve().parents[1]
 BASE = get_config("ssdlite320_mobilenet_v2")
 NAMES = ["cat", "dog", "bird"]
@@ -215,10 +217,6 @@ def test_custom_ratios_survive_checkpoints_and_onnx_export(tmp_path):
 
 
 # --- the trainer's flags -------------------------------------------------------------------------
-
-
-def config_from(argv: list[str]):
-    return resolve_config(*parse_args(argv))
 
 
 def test_flags_reach_the_model():

@@ -11,19 +11,16 @@ import torch
 from ssdlite import build_model, save_checkpoint
 from ssdlite.core.loss import SSDLoss, pad_targets
 from ssdlite.weights.checkpoint import read_checkpoint
-from train.config import UsageError, parse_args, resolve_config
+from train.config import UsageError
 from train.data import Batch
 from train.engine import train_one_epoch
 from train.modeling import freeze_layers
 from train.optim import ModelEMA, build_optimizer
 from train.synthetic import CLASSES
 
+from .test_train_modeling import config_from
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def config_from(argv):
-    args, explicit = parse_args(argv)
-    return resolve_config(args, explicit)
 
 
 def tiny_model():

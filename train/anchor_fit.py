@@ -88,7 +88,7 @@ def best_anchor_iou(anchors, boxes: np.ndarray, layout: list[tuple[int, int]]) -
     Returns:
         ``[M]`` float64.
     """
-    anchors = anchors.detach().cpu().double().numpy() if isinstance(anchors, torch.Tensor) else np.asarray(anchors)
+    anchors = _as_array(anchors)
     if sum(n * n * b for n, b in layout) != len(anchors):
         raise ValueError(f"{len(anchors)} anchors do not follow the layout {layout}")
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
@@ -205,10 +205,9 @@ def measure(
     ratio only when ``ratios_fixed`` is false (fine-tuning keeps the heads' size) and the anchor style
     is ``"ssd"``.
     """
-    anchors = anchors_for(config) if anchors is None else anchors
-    ious = best_anchor_iou(anchors, boxes.boxes, anchor_layout(config))
+    a = _as_array(anchors_for(config) if anchors is None else anchors)
+    ious = best_anchor_iou(a, boxes.boxes, anchor_layout(config))
     below = ious < iou_threshold
-    a = anchors.detach().cpu().double().numpy() if isinstance(anchors, torch.Tensor) else np.asarray(anchors)
     anchor_sides = np.sqrt(a[:, 2] * a[:, 3])
     anchor_ratio = float(np.max(np.maximum(a[:, 2] / a[:, 3], a[:, 3] / a[:, 2]))) if len(a) else 1.0
     smallest = float(anchor_sides.min()) if len(a) else 0.0
@@ -304,6 +303,10 @@ def _flags(config: SSDLiteConfig, changes: dict) -> str:
     if "image_size" in changes:
         flags.append(f"--image-size {changes['image_size']}")
     return " ".join(flags)
+
+
+def _as_array(anchors) -> np.ndarray:
+    return anchors.detach().cpu().double().numpy() if isinstance(anchors, torch.Tensor) else np.asarray(anchors)
 
 
 def _median_sides(wh: np.ndarray) -> tuple[float, float] | None:

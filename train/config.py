@@ -359,7 +359,7 @@ def resolve_anchors(
     if (min_scale is None and ratios is None) or args.resume:
         return min_scale, max_scale, ratios
     if args.init:
-        base, source = init_model_config(args.init), f"the --init checkpoint {args.init}"
+        base, source = read_init_checkpoint(args.init)[2], f"the --init checkpoint {args.init}"
     else:
         try:
             base, source = get_config(model), f"preset {model}"
@@ -401,16 +401,17 @@ def _numbers(flag: str, text: str) -> tuple[float, ...]:
     return values
 
 
-def init_model_config(init: str) -> SSDLiteConfig:
-    """The config of the checkpoint --init names (a zoo model is fetched on first use)."""
+def read_init_checkpoint(init: str) -> tuple[Path, dict, SSDLiteConfig]:
+    """The checkpoint --init names (a zoo model is fetched on first use): path, contents, model config."""
     try:
         path, found = model_file(init)
     except SSDLiteError as error:
         raise UsageError(f"--init {init}: {error}") from None
     if found.name != "checkpoint":
         raise UsageError(f"--init {init}: fine-tuning starts from a checkpoint (.pt), not a {found.name} file")
+    payload = read_checkpoint(path)
     try:
-        return SSDLiteConfig.from_dict(read_checkpoint(path)["config"])
+        return path, payload, SSDLiteConfig.from_dict(payload["config"])
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: checkpoint does not describe a valid model ({error})") from None
 

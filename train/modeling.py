@@ -6,12 +6,12 @@ import dataclasses
 
 import torch
 
-from ssdlite import SSDLite, SSDLiteConfig, SSDLiteError, build_model
+from ssdlite import SSDLite, SSDLiteConfig, build_model
 from ssdlite.core.anchors import anchors_for
-from ssdlite.runtime import ModelLoadError, OnnxRuntimeBackend, load_backend, model_file
-from ssdlite.weights import CheckpointError, read_checkpoint
+from ssdlite.runtime import ModelLoadError, OnnxRuntimeBackend, load_backend
+from ssdlite.weights import CheckpointError
 
-from .config import TrainConfig, UsageError
+from .config import TrainConfig, UsageError, read_init_checkpoint
 
 ANCHOR_FIELDS = ("min_scale", "max_scale", "aspect_ratios")  # TrainConfig fields that override the model's
 
@@ -49,17 +49,7 @@ def model_from_init(
     head's final 1x1 predictors are re-initialised unless the checkpoint has the same classes.
     ``anchors`` overrides anchor fields (``ANCHOR_FIELDS``) that keep the heads' size.
     """
-    try:
-        path, model_format = model_file(init)
-    except SSDLiteError as error:
-        raise UsageError(f"--init {init}: {error}") from None
-    if model_format.name != "checkpoint":
-        raise UsageError(f"--init {init}: fine-tuning starts from a checkpoint (.pt), not a {model_format.name} file")
-    payload = read_checkpoint(path)
-    try:
-        config = SSDLiteConfig.from_dict(payload["config"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path}: checkpoint does not describe a valid model ({error})") from None
+    path, payload, config = read_init_checkpoint(init)
     overrides = {"num_classes": len(class_names) + 1}
     if image_size:
         overrides["image_size"] = image_size
