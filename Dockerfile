@@ -17,7 +17,9 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY . .
-RUN pip install ".[serve,train]" \
+# trackers without its dependencies: it declares opencv-python, which would clash with opencv-python-headless.
+RUN pip install ".[serve,train,track]" \
+    && pip install --no-deps "trackers==2.6.1" \
     && useradd --create-home --uid 1000 app \
     && mkdir -p /models \
     && chown app /models

@@ -6,6 +6,7 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps 'trackers==2.6.1'  # why --no-deps: see the track extra in pyproject.toml
 	touch $@
 
 .PHONY: install serve test test-all check bench

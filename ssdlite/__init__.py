@@ -1,8 +1,9 @@
 """SSDLite object detection on MobileNet backbones.
 
 The package is layered, and imports flow down only: ``cli`` > ``batch`` (corpus detection) >
-``runtime`` (backends, loader, ``Detector``) > ``weights`` (checkpoints, zoo, TF converter) >
-``deploy`` (export formats) > ``images`` > ``core`` (the network and its math) > ``errors``.
+``video`` (sources, tracking, counting) > ``runtime`` (backends, loader, ``Detector``) > ``weights``
+(checkpoints, zoo, TF converter) > ``deploy`` (export formats) > ``images`` > ``core`` (the network
+and its math) > ``errors``.
 """
 
 from .batch.slicing import predict_sliced

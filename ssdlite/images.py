@@ -85,14 +85,15 @@ def _colour(class_id: int) -> tuple[int, int, int]:
 
 
 def draw_detections(image: np.ndarray, detections: list[dict]) -> np.ndarray:
-    """Returns a copy of an RGB image with each detection's box, label and score drawn."""
+    """Returns a copy of an RGB image with each detection's box, label and score (or track ID) drawn."""
     canvas = np.ascontiguousarray(image).copy()
     thickness = max(1, round(min(canvas.shape[:2]) / 300))
     for det in detections:
         x1, y1, x2, y2 = (int(round(v)) for v in det["box"])
-        colour = _colour(det["class_id"])
+        track_id = det.get("track_id")
+        colour = _colour(det["class_id"] if track_id is None else track_id)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
-        text = f"{det['label']} {det['score']:.2f}"
+        text = f"{det['label']} {det['score']:.2f}" if track_id is None else f"#{track_id} {det['label']}"
         scale = 0.4 * thickness
         (tw, th), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         top = max(y1 - th - baseline - 2, 0)

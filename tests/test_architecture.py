@@ -5,6 +5,7 @@ own layer or any layer below it, never from one above)::
 
     ssdlite.cli        the `ssdlite` command
     ssdlite.batch      corpus detection: inputs, output formats, slicing, resume, Ray Data
+    ssdlite.video      frame sources, tracking, line and zone counting
     ssdlite.runtime    backends, loading, Detector
     ssdlite.weights    checkpoint, zoo, convert/
     ssdlite.deploy     onnx, int8, end_to_end, export
@@ -37,6 +38,7 @@ FIRST_PARTY = ("ssdlite", "train", "service", "bench")
 LAYERS = (  # top to bottom
     "ssdlite.cli",
     "ssdlite.batch",
+    "ssdlite.video",
     "ssdlite.runtime",
     "ssdlite.weights",
     "ssdlite.deploy",
