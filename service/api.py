@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +12,10 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from ssdlite import draw_detections
+from ssdlite import SSDLiteError, draw_detections
 from ssdlite.runtime import UnknownClassError, check_classes
+from ssdlite.video import DEFAULT_TRACKER, Counter, CountingError, Tracker, TrackerOptions, regions
+from ssdlite.video.pipeline import LOW_SCORE
 
 from .auth import SUBPROTOCOL
 from .decoding import ImageError, decode_image, encode_jpeg
@@ -38,6 +40,13 @@ MaxDetections = Annotated[int | None, Query(ge=1, le=1000, description="most det
 Classes = Annotated[
     list[str] | None, Query(description="class names to keep, repeated or comma-separated (default: all)")
 ]
+
+Track = Annotated[bool, Query(description="give each object a track_id that stays while it stays in view")]
+TrackerName = Annotated[str, Query(description="ocsort, bytetrack, sort or botsort (with track=true)")]
+Lines = Annotated[
+    list[str] | None, Query(description="count crossings of x1,y1,x2,y2 (pixels or 0-1 fractions), repeatable")
+]
+Zones = Annotated[list[str] | None, Query(description="count objects in x1,y1,x2,y2,x3,y3,... (repeatable)")]
 
 IMAGE_BODY = {
     "requestBody": {
@@ -230,20 +239,63 @@ async def detect_batch(request: Request, runtime: RuntimeDep, options: DetectOpt
     return {"model": runtime.model_info.name, "results": results}
 
 
+class StreamTracking:
+    """One connection's tracker and counts (``/ws?track=true``): nothing is shared between connections."""
+
+    def __init__(self, tracker: str, score_threshold: float, lines: list[str], zones: list[str]):
+        line_regions, zone_regions = regions(lines, zones)
+        self.tracker = Tracker(TrackerOptions(tracker=tracker, track_threshold=score_threshold))
+        self.counter = Counter(line_regions, zone_regions, self.tracker.options.lost_seconds)
+        # ByteTrack and BoT-SORT follow tracks through lower-scored boxes too.
+        self.detect_threshold = min(LOW_SCORE, score_threshold) if tracker in ("bytetrack", "botsort") else None
+
+    def update(self, reply: dict, frame_id: int, arrived: float):
+        """Replaces the reply's detections with the tracked ones and adds the counts.
+
+        Frames dropped before detection are gaps in ``arrived``, the tracker's clock.
+        """
+        reply["detections"] = self.tracker.update(reply["detections"], arrived)
+        if self.counter:
+            events = self.counter.update(reply["detections"], frame_id, arrived, reply["width"], reply["height"])
+            reply["counts"] = self.counter.counts(arrived)
+            reply["events"] = [
+                {"track_id": e.track_id, "label": e.label, "kind": e.kind, "index": e.index, "direction": e.direction}
+                for e in events
+            ]
+
+
 @stream.websocket("/ws")
-async def detect_stream(websocket: WebSocket, runtime: RuntimeDep, query: DetectQueryDep):
+async def detect_stream(
+    websocket: WebSocket,
+    runtime: RuntimeDep,
+    query: DetectQueryDep,
+    track: Track = False,
+    tracker: TrackerName = DEFAULT_TRACKER,
+    line: Lines = None,
+    zone: Zones = None,
+):
     """Binary JPEG frames in, one JSON message per answered frame out.
 
     Frames are numbered from 1 in arrival order (``frame_id``). While a frame is being
     detected only the newest waiting frame is kept: older ones are dropped (counted in
     ``dropped_frames``), so latency stays bounded when frames come faster than inference.
     A bad frame gets ``{"frame_id", "status", "error"}`` and the stream goes on.
+    With ``track=true`` each detection carries ``track_id`` and, with ``line``/``zone``, each
+    reply carries ``counts`` and the frame's count ``events``; bad tracking options get one
+    ``{"status": 422, "error"}`` message before any frame, and the connection is closed.
     """
     # A browser that offered subprotocols (the API key travels as one) needs one selected back.
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in websocket.scope.get("subprotocols", []) else None)
+    tracking: StreamTracking | None = None
     try:
         options = resolve_options(runtime, query)
-    except UnknownClassError as error:
+        if track:
+            tracking = StreamTracking(tracker, options.score_threshold, line or [], zone or [])
+            if tracking.detect_threshold is not None:
+                options = replace(options, score_threshold=tracking.detect_threshold)
+        elif line or zone:
+            raise CountingError("line= and zone= count tracked objects: add track=true")
+    except SSDLiteError as error:  # an unknown class, tracker, or a bad line or zone; the library missing
         await websocket.send_json({"status": 422, "error": str(error)})
         await websocket.close(1008)
         return
@@ -298,6 +350,13 @@ async def detect_stream(websocket: WebSocket, runtime: RuntimeDep, query: Detect
                 reply.update(
                     width=image.shape[1], height=image.shape[0], detections=result.detections, timing_ms=timing
                 )
+                if tracking is not None:
+                    try:
+                        tracking.update(reply, frame_id, arrived)
+                    except CountingError as error:  # a zone outside this frame: the stream cannot count
+                        await websocket.send_json({"frame_id": frame_id, "status": 422, "error": str(error)})
+                        await websocket.close(1008)
+                        break
                 frames.labels("answered").inc()
             except ImageError as error:
                 reply.update(status=error.status, error=error.detail)

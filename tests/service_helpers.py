@@ -27,28 +27,35 @@ CLASS_NAMES = ["person", "car"]
 SMALL_BODY_LIMIT = 2_000_000  # what the shared served process runs with
 
 
-def scripted_detector(box=(0.25, 0.5, 0.75, 1.0), delay: float = 0.0) -> Detector:
+def scripted_detector(box=(0.25, 0.5, 0.75, 1.0), delay: float = 0.0, step=(0.0, 0.0)) -> Detector:
     """A Detector whose forward pass always "sees" one person at ``box`` (normalised x1, y1, x2, y2).
 
-    ``delay`` seconds per call stand in for a slow model; ``detector.batch_sizes`` records each call.
+    ``delay`` seconds per call stand in for a slow model; ``step`` (normalised x, y) moves the box
+    after each call; ``detector.batch_sizes`` records each call.
     """
     config = get_config("ssdlite320_mobilenet_v2", num_classes=len(CLASS_NAMES) + 1, image_size=160)
     detector = Detector(None, config, CLASS_NAMES)
     anchors = detector.anchors
-    target = torch.tensor(box, dtype=torch.float32)
-    deltas = encode_boxes(target.expand(anchors.shape[0], 4), anchors, config.postprocess.box_weights)
-    logits = torch.full((anchors.shape[0], config.num_classes), -10.0)
-    logits[:, 0] = 10.0
-    centre = (target[:2] + target[2:]) / 2
-    best = torch.argmin((anchors[:, :2] - centre).norm(dim=1))
-    logits[best, 0], logits[best, 1] = -10.0, 10.0
     detector.batch_sizes = []
 
+    def outputs(box):
+        target = torch.tensor(box, dtype=torch.float32)
+        deltas = encode_boxes(target.expand(anchors.shape[0], 4), anchors, config.postprocess.box_weights)
+        logits = torch.full((anchors.shape[0], config.num_classes), -10.0)
+        logits[:, 0] = 10.0
+        centre = (target[:2] + target[2:]) / 2
+        best = torch.argmin((anchors[:, :2] - centre).norm(dim=1))
+        logits[best, 0], logits[best, 1] = -10.0, 10.0
+        return deltas, logits
+
     def forward(batch):
+        calls = len(detector.batch_sizes)
         detector.batch_sizes.append(batch.shape[0])
         if delay:
             time.sleep(delay)
         n = batch.shape[0]
+        shift = (step[0] * calls, step[1] * calls) * 2
+        deltas, logits = outputs([v + d for v, d in zip(box, shift, strict=True)])
         return deltas.expand(n, -1, -1), logits.expand(n, -1, -1)
 
     detector.backend = forward
