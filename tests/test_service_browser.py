@@ -1,12 +1,18 @@
 """The webcam page in headless Chromium, with a fake camera playing a photo of a person."""
 
+import contextlib
 import shutil
+import threading
+import time
 
 import cv2
 import numpy as np
 import pytest
 
-from .service_helpers import PHOTOS, SMALL_BODY_LIMIT, shared_service
+from bench.service import free_port
+from service import Settings, create_app
+
+from .service_helpers import PHOTOS, SMALL_BODY_LIMIT, scripted_detector, shared_service
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -149,3 +155,150 @@ def test_page_asks_for_the_api_key_and_streams_with_it(person_checkpoint, browse
     browser.find_element(By.CSS_SELECTOR, "#upload-form button").click()
     WebDriverWait(browser, 30).until(lambda d: "detections in" in d.find_element(By.ID, "upload-status").text)
     assert "page-key-1" not in server.output
+
+
+@contextlib.contextmanager
+def served_in_thread(detector, **settings):
+    """The app serving ``detector`` (a scripted one) with uvicorn on a thread; yields its URL."""
+    import uvicorn
+
+    port = free_port()
+    app = create_app(Settings(**settings), detector=detector)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+PAGE_SNAPSHOT = """
+const text = (selector) => { const e = document.querySelector(selector); return e ? e.innerText : null; };
+return {
+  state: window.ssdlite,
+  overlayTrackIds: document.getElementById("overlay").dataset.trackIds,
+  tracks: text("#tracks"),
+  status: text("#status"),
+  line: text('#counts .count-row[data-kind="line"]'),
+  zone: text('#counts .count-row[data-kind="zone"]'),
+  events: text("#counts .events"),
+};
+"""
+
+
+def text_of(browser, selector):
+    """An element's text read in one script call (the counts panel is redrawn with every reply)."""
+    return browser.execute_script("const e = document.querySelector(arguments[0]); return e && e.innerText", selector)
+
+
+def set_regions(browser, text):
+    """Types over the lines-and-zones box and clicks Apply (one reconnection, as a person would)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = browser.find_element(By.ID, "regions")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(Keys.DELETE, text)
+    browser.find_element(By.ID, "apply-regions").click()
+
+
+def test_page_tracks_and_counts_a_person_walking_down_across_a_line(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    pytest.importorskip("trackers", reason="tracking needs the trackers package")
+    # One person walking down the picture, 0.005 of its height per inference (at most ~30 a second):
+    # across the line at y = 0.5 (drawn left to right, so moving down is "in"), then into the zone
+    # below y = 0.6, and still in view for seconds after that.
+    detector = scripted_detector((0.35, 0.0, 0.65, 0.3), delay=0.03, step=(0.0, 0.005))
+    with served_in_thread(detector, max_batch_size=1) as url:  # warm-up: one inference
+        browser.get(f"{url}/")
+        WebDriverWait(browser, 20).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+        assert not browser.find_element(By.ID, "tracking-options").is_displayed()
+        browser.find_element(By.ID, "track").click()
+        assert browser.find_element(By.ID, "tracking-options").is_displayed()
+        assert Select(browser.find_element(By.ID, "tracker")).first_selected_option.get_attribute("value") == "ocsort"
+        set_regions(browser, "line 0,0.5,1,0.5\nzone 0,0.6,1,0.6,1,1,0,1")
+        browser.find_element(By.ID, "start").click()
+
+        def counted(d):
+            counts = d.execute_script("return window.ssdlite.counts")
+            return counts and counts["lines"][0]["in"] >= 1 and counts["zones"][0]["entered"] >= 1
+
+        try:
+            WebDriverWait(browser, 60).until(counted)
+        finally:
+            browser.save_screenshot(str(tmp_path / "tracking.png"))
+        page = browser.execute_script(PAGE_SNAPSHOT)  # one script: all of it from the same reply
+        state, reply = page["state"], page["state"]["lastReply"]
+        assert state["tracking"] and state["tracker"] == "ocsort" and state["errors"] == 0
+        assert reply["detections"] and all(isinstance(d["track_id"], int) for d in reply["detections"])
+        ids = [d["track_id"] for d in reply["detections"]]
+        assert page["overlayTrackIds"] == ",".join(map(str, ids))
+        assert page["tracks"] == " ".join(f"#{i}" for i in ids)
+        assert "tracking (ocsort)" in page["status"]
+        # The counts panel: the line's in/out and the zone's inside/entered/exited, as the server counted.
+        assert "Line 1" in page["line"] and "in 1 · out 0 (person: in 1, out 0)" in page["line"]
+        assert "Zone 1" in page["zone"] and "entered 1" in page["zone"]
+        assert f"#{ids[0]} person crossed in line 1" in page["events"]
+        assert state["counts"]["lines"][0]["in"] == 1 and state["counts"]["lines"][0]["out"] == 0
+        assert browser.execute_script(OVERLAY_PIXELS) > 2000, "no lines, zones or boxes were painted"
+
+        # Tracking off: a plain detection stream again, without IDs or counts.
+        frames = state["frames"]
+        browser.find_element(By.ID, "track").click()
+        WebDriverWait(browser, 30).until(
+            lambda d: (
+                d.execute_script("return window.ssdlite.frames") >= frames + 3
+                and not d.execute_script("return window.ssdlite.tracking")
+            )
+        )
+        assert not browser.find_element(By.ID, "counts").is_displayed()
+        assert not browser.find_element(By.ID, "tracks-stat").is_displayed()
+        assert browser.find_element(By.ID, "status").text == "streaming"
+        detections = browser.execute_script("return window.ssdlite.detections")
+        assert all("track_id" not in d for d in detections)
+    assert (tmp_path / "tracking.png").stat().st_size > 10_000
+
+
+def test_page_shows_the_servers_error_for_a_bad_line_and_recovers(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    pytest.importorskip("trackers", reason="tracking needs the trackers package")
+    detector = scripted_detector((0.3, 0.3, 0.6, 0.9))
+    with served_in_thread(detector, max_batch_size=1) as url:
+        browser.get(f"{url}/")
+        WebDriverWait(browser, 20).until(lambda d: "classes" in d.find_element(By.ID, "model").text)
+        browser.find_element(By.ID, "track").click()
+        set_regions(browser, "line 0.5,0.5,0.5,0.5")
+        browser.find_element(By.ID, "start").click()
+        status = browser.find_element(By.ID, "status")
+        WebDriverWait(browser, 30).until(lambda d: "its two points are equal" in status.text)
+        assert "line '0.5,0.5,0.5,0.5'" in status.text and "error" in status.get_attribute("class")
+        time.sleep(1.5)  # the refusal is final: no reconnecting over the message
+        assert "its two points are equal" in status.text
+        state = browser.execute_script("return window.ssdlite")
+        assert not state["connected"] and state["frames"] == 0 and "equal" in state["refused"]
+        browser.save_screenshot(str(tmp_path / "bad-line.png"))
+
+        # A row that is not a line or zone is caught by the page; a good line streams again.
+        set_regions(browser, "ray 0,0,1,1")
+        WebDriverWait(browser, 10).until(lambda d: 'start it with "line" or "zone"' in status.text)
+        # A zone outside the frame (pixels) is refused at the first frame, and stays refused.
+        set_regions(browser, "zone 0,0,5000,0,5000,5000")
+        WebDriverWait(browser, 30).until(lambda d: "lies outside the 640x480 frame" in status.text)
+        assert status.text.startswith("frame 1: zone '0,0,5000,0,5000,5000'")
+        time.sleep(1.5)
+        assert "lies outside" in status.text and not browser.execute_script("return window.ssdlite.connected")
+        set_regions(browser, "line 0,0.5,1,0.5")
+        WebDriverWait(browser, 30).until(lambda d: text_of(d, '#counts .count-row[data-kind="line"]'))
+        assert "in 0 · out 0" in text_of(browser, '#counts .count-row[data-kind="line"]')
+        assert "tracking" in status.text and "error" not in status.get_attribute("class")
+        assert browser.execute_script("return window.ssdlite.lastReply.detections[0].track_id") == 1
