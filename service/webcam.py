@@ -22,6 +22,7 @@ import cv2
 from ssdlite import Detector, SSDLiteError, draw_detections
 from ssdlite.runtime import BACKENDS
 from ssdlite.video import (
+    DEFAULT_LOST_SECONDS,
     DEFAULT_TRACKER,
     TRACKERS,
     CountEvent,
@@ -128,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     tracking = parser.add_argument_group("tracking and counting")
     tracking.add_argument("--track", action="store_true", help="give each object a track ID that stays while in view")
     tracking.add_argument("--tracker", choices=TRACKERS, default=DEFAULT_TRACKER, help="default %(default)s")
-    tracking.add_argument("--lost-seconds", type=float, default=1.0, help="keep an unseen track this long (1.0)")
+    tracking.add_argument(
+        "--lost-seconds", type=float, default=DEFAULT_LOST_SECONDS, help="keep an unseen track this long (%(default)s)"
+    )
     tracking.add_argument("--match-iou", type=float, help="least IoU to match a track (default: the tracker's)")
     tracking.add_argument("--confirm-frames", type=int, help="frames before a new track gets an ID (tracker's)")
     tracking.add_argument(
@@ -234,16 +237,18 @@ def run(args) -> int:
                 if events_file is not None:
                     events.writerows(event.csv_row() for event in frame.events)
                     events_file.flush()
-                drawn = annotate(frame, fps, lines, zones)
-                if args.output:
-                    if writer is None:
-                        writer = open_writer(args.output, frames.fps / args.vid_stride, drawn.shape[1], drawn.shape[0])
-                        cleanup.callback(writer.release)
-                    writer.write(drawn)
-                if display:
-                    display = show(drawn)
-                    if display and cv2.waitKey(1) & 0xFF in (ord("q"), 27):
-                        break
+                if args.output or display:  # drawing costs a few ms a frame: only for someone to see
+                    drawn = annotate(frame, fps, lines, zones)
+                    if args.output:
+                        if writer is None:
+                            size = drawn.shape[1], drawn.shape[0]
+                            writer = open_writer(args.output, frames.fps / args.vid_stride, *size)
+                            cleanup.callback(writer.release)
+                        writer.write(drawn)
+                    if display:
+                        display = show(drawn)
+                        if display and cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                            break
                 if args.max_frames is not None and processed >= args.max_frames:
                     break
         except KeyboardInterrupt:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.video import SyntheticCamera
 from ssdlite.video import (
     TRACKERS,
     Counter,
@@ -288,33 +289,9 @@ def test_a_live_source_that_cannot_open_gives_up():
         FrameSource("http://127.0.0.1:9/x.mjpg", SourceOptions(reconnects=1, reconnect_delay=0.01))
 
 
-class FakeCamera:
-    """A 30 FPS camera: ``read()`` blocks until the next frame is due, whose pixels encode its capture time."""
-
-    def __init__(self, fps=30.0):
-        self.interval, self.next_due, self.frames = 1 / fps, time.monotonic(), 0
-
-    def isOpened(self):  # noqa: N802 - cv2.VideoCapture's name
-        return True
-
-    def get(self, prop):
-        return 30.0
-
-    def read(self):
-        delay = self.next_due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        self.next_due += self.interval
-        self.frames += 1
-        return True, np.zeros((48, 64, 3), dtype=np.uint8)
-
-    def release(self):
-        pass
-
-
 def test_a_live_source_keeps_latency_under_two_inference_times():
     inference = 0.1  # three camera frames per inference
-    camera = FakeCamera()
+    camera = SyntheticCamera(30.0, np.zeros((48, 64, 3), dtype=np.uint8))
     ages = []
     with FrameSource("0", SourceOptions(), open_capture=lambda spec: camera) as source:
         for count, frame in enumerate(source):

@@ -7,9 +7,18 @@
 from .counting import Counter, CountEvent, CountingError, Region, draw_counts, parse_region
 from .pipeline import VideoFrame, regions, track
 from .sources import Frame, FrameSource, SourceError, SourceOptions, source_kind
-from .tracking import DEFAULT_TRACKER, TRACKERS, Tracker, TrackerOptions, TrackingError, check_available
+from .tracking import (
+    DEFAULT_LOST_SECONDS,
+    DEFAULT_TRACKER,
+    TRACKERS,
+    Tracker,
+    TrackerOptions,
+    TrackingError,
+    check_available,
+)
 
 __all__ = [
+    "DEFAULT_LOST_SECONDS",
     "DEFAULT_TRACKER",
     "TRACKERS",
     "CountEvent",

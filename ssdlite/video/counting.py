@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from ..errors import SSDLiteError
+from .tracking import DEFAULT_LOST_SECONDS
 
 
 class CountingError(SSDLiteError, ValueError):
@@ -129,7 +130,9 @@ class Counter:
         lost_seconds: a track unseen this long is forgotten (and exits the zones it was in).
     """
 
-    def __init__(self, lines: Sequence[Region] = (), zones: Sequence[Region] = (), lost_seconds: float = 1.0):
+    def __init__(
+        self, lines: Sequence[Region] = (), zones: Sequence[Region] = (), lost_seconds: float = DEFAULT_LOST_SECONDS
+    ):
         self.lines, self.zones, self.lost_seconds = list(lines), list(zones), lost_seconds
         self._size: tuple[int, int] | None = None
         self._line_states: list[_LineState] = []

@@ -9,7 +9,7 @@ import numpy as np
 from ..runtime import Detector
 from .counting import Counter, CountEvent, CountingError, Region, parse_region
 from .sources import FrameSource, SourceOptions
-from .tracking import Tracker, TrackerOptions
+from .tracking import DEFAULT_LOST_SECONDS, Tracker, TrackerOptions
 
 # ByteTrack and BoT-SORT match boxes down to this score to tracks they already follow.
 LOW_SCORE = 0.1
@@ -83,7 +83,7 @@ def track(
             else tracker
         )
         object_tracker = Tracker(options) if options is not None else None
-        counter = Counter(line_regions, zone_regions, options.lost_seconds if options else 1.0)
+        counter = Counter(line_regions, zone_regions, options.lost_seconds if options else DEFAULT_LOST_SECONDS)
         low = min(LOW_SCORE, score_threshold) if options and options.tracker in ("bytetrack", "botsort") else None
         for frame in frames:
             if isinstance(detector, Detector):
