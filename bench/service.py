@@ -1,17 +1,21 @@
 """Loopback load test of the detection service against a naive FastAPI + torchvision baseline.
 
-``python -m bench.service [--requests 1000] [--concurrency 8] [--batch-sizes 1,4] [--model A,B]``:
-starts ``python -m service`` (once per ``--model`` and ``--batch-sizes`` value), sends 640x480 JPEGs made from a real
-photo as multipart uploads to ``POST /detect`` from ``--concurrency`` keep-alive connections,
-and prints req/s, p50/p95/p99 latency and error counts; then streams the same frames over the
-WebSocket one at a time (fps, per-frame p50); then does the same HTTP run against a baseline
-server: FastAPI + torchvision's ``ssdlite320_mobilenet_v3_large`` (background-dominant class
-biases, as in ``bench.latency``), one request at a time. Everything runs on 127.0.0.1 and the
-load generator shares the machine's cores with the server.
+``python -m bench.service [--requests 1000] [--concurrency 8] [--model A,B] [--batch-sizes 2,4] [--workers 1,2]
+[--rounds 3]``: starts ``python -m service`` (once per ``--model``, ``--batch-sizes`` and ``--workers`` value;
+by default once, with the service's own defaults) and a baseline server: FastAPI + torchvision's
+``ssdlite320_mobilenet_v3_large`` (background-dominant class biases, as in ``bench.latency``), one
+request at a time. Then, for each of ``--rounds`` rounds and each server in turn (the order reversed
+every other round, so a drift of the machine's load hits all alike), it sends 640x480 JPEGs made from
+a real photo as multipart uploads to ``POST /detect`` from ``--concurrency`` keep-alive connections
+and prints req/s, p50/p95/p99 latency and error counts, and for our services streams the same frames
+over the WebSocket one at a time (fps, per-frame p50). With several rounds it prints each round's
+ratio to the baseline and the medians. Everything runs on 127.0.0.1 and the load generator shares the
+machine's cores with the servers (idle servers cost nothing).
 """
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -318,6 +322,28 @@ def print_row(name: str, r: dict, note: str = ""):
     )
 
 
+BASELINE = "baseline (FastAPI + torchvision ssdlite320, 1 at a time)"
+
+
+def server_name(port: int, workers: str) -> str:
+    """What a started service serves, from its /model: model, backend, precision, batching."""
+    import httpx
+
+    info = httpx.get(f"http://127.0.0.1:{port}/model", timeout=30).json()
+    name = f"ours ({info['name']}, {info['backend']} {info['precision']}, max batch {info['max_batch_size']}"
+    return name + (f", {workers} inference calls)" if workers else ")")
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One run as it is; several: the median of each figure, errors summed, the runs kept under ``rounds``."""
+    if len(runs) == 1:
+        return runs[0]
+    numeric = [key for key, value in runs[0].items() if isinstance(value, int | float) and key != "errors"]
+    summary = {key: statistics.median(run[key] for run in runs) for key in numeric}
+    summary["errors"] = sum(run["errors"] for run in runs)
+    return {**summary, "rounds": runs}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
@@ -326,11 +352,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ws-frames", type=int, default=300, help="frames in the WebSocket run")
     parser.add_argument(
         "--model",
-        default="tf-pedestrian",
-        help="what our service serves (SSDLITE_MODEL); comma-separated to compare several in one run",
+        default="auto",
+        help="what our service serves (SSDLITE_MODEL; default auto: the service's own default, tf-pedestrian-int8 "
+        "on a CPU); comma-separated to compare several in one run",
     )
-    parser.add_argument("--batch-sizes", default="1,4", help="SSDLITE_MAX_BATCH_SIZE values to compare")
+    parser.add_argument(
+        "--batch-sizes", default="", help="SSDLITE_MAX_BATCH_SIZE values to compare (default: the service's)"
+    )
+    parser.add_argument(
+        "--workers", default="", help="SSDLITE_INFERENCE_WORKERS values to compare (default: the service's)"
+    )
     parser.add_argument("--threads", type=int, help="SSDLITE_THREADS (default: all cores)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="load runs per server, alternating between the servers (all started first): on a shared machine "
+        "compare the per-round ratios and the medians",
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
@@ -351,26 +390,61 @@ def main(argv: list[str] | None = None) -> dict:
         f"{'srv CPU':>8s} {'gen CPU':>8s}  (CPU ms/request: server, load generator)",
         flush=True,
     )
-    results: dict = {}
     env = {"SSDLITE_ACCESS_LOG": "false", "SSDLITE_LOG_LEVEL": "warning"}
     if args.threads:
         env["SSDLITE_THREADS"] = str(args.threads)
-    runs = [(model, int(b)) for model in args.model.split(",") for b in args.batch_sizes.split(",")]
-    for run, (model, batch_size) in enumerate(runs):
-        name = f"ours ({model}, onnxruntime, max batch {batch_size})"
-        name += f" #{run + 1}" if name in results else ""
-        settings = {**env, "SSDLITE_MODEL": model, "SSDLITE_MAX_BATCH_SIZE": str(batch_size)}
-        with Server([sys.executable, "-m", "service"], settings) as server:
-            results[name] = run_http(server, jpeg, args.requests, args.concurrency)
-            results[name]["mean_batch_size"] = mean_batch_size(server.port)
-            print_row(name, results[name], f"  mean batch {results[name]['mean_batch_size']:.2f}")
-            ws = asyncio.run(websocket_stream(server.port, jpeg, args.ws_frames))
-            results[f"{name} websocket"] = ws
-    if not args.no_baseline:
-        name = "baseline (FastAPI + torchvision ssdlite320, 1 at a time)"
-        with Server([sys.executable, "-m", "bench.service", "--serve-baseline"], {}) as server:
-            results[name] = run_http(server, jpeg, args.baseline_requests or args.requests, args.concurrency)
+    variants = [
+        (model, batch_size, workers)
+        for model in args.model.split(",")
+        for batch_size in args.batch_sizes.split(",")
+        for workers in args.workers.split(",")
+    ]
+    results: dict = {}
+    with contextlib.ExitStack() as servers:
+        ours: dict[str, Server] = {}
+        for model, batch_size, workers in variants:
+            settings = {**env, "SSDLITE_MODEL": model}
+            settings.update({"SSDLITE_MAX_BATCH_SIZE": batch_size} if batch_size else {})
+            settings.update({"SSDLITE_INFERENCE_WORKERS": workers} if workers else {})
+            server = servers.enter_context(Server([sys.executable, "-m", "service"], settings))
+            name = server_name(server.port, workers)
+            ours[name + (f" #{len(ours) + 1}" if name in ours else "")] = server
+        baseline = None
+        if not args.no_baseline:
+            command = [sys.executable, "-m", "bench.service", "--serve-baseline"]
+            baseline = servers.enter_context(Server(command, {}))
+        rounds: dict[str, list[dict]] = {name: [] for name in (*ours, *([BASELINE] if baseline else []))}
+        for turn in range(args.rounds):
+            order = [*ours.items(), *([(BASELINE, baseline)] if baseline else [])]
+            for name, server in order if turn % 2 == 0 else order[::-1]:  # ABBA: drifts hit both alike
+                requests = (args.baseline_requests or args.requests) if server is baseline else args.requests
+                result = run_http(server, jpeg, requests, args.concurrency)
+                if server is not baseline:
+                    result["mean_batch_size"] = mean_batch_size(server.port)
+                    result["websocket"] = asyncio.run(websocket_stream(server.port, jpeg, args.ws_frames))
+                rounds[name].append(result)
+                note = f"  mean batch {result['mean_batch_size']:.2f}" if "mean_batch_size" in result else ""
+                print_row(name + (f" [round {turn + 1}]" if args.rounds > 1 else ""), result, note)
+            if baseline and args.rounds > 1:
+                ratios = ", ".join(
+                    f"{rounds[n][-1]['req_per_s'] / rounds[BASELINE][-1]['req_per_s']:.2f}x" for n in ours
+                )
+                print(f"  round {turn + 1}, ours / baseline req/s: {ratios}", flush=True)
+    for name, runs in rounds.items():
+        results[name] = summarise(runs)
+        if name != BASELINE:
+            results[f"{name} websocket"] = summarise([run.pop("websocket") for run in runs])
+    if args.rounds > 1:
+        print(f"\nmedians over {args.rounds} rounds:")
+        for name in rounds:
             print_row(name, results[name])
+    if baseline:
+        for name in ours:
+            ratio = statistics.median(
+                run["req_per_s"] / base["req_per_s"] for run, base in zip(rounds[name], rounds[BASELINE], strict=True)
+            )
+            results[name]["req_per_s_vs_baseline"] = ratio
+            print(f"{name}: {ratio:.2f}x the baseline's req/s (median of the rounds' ratios)")
     print(f"\nWebSocket, one 640x480 JPEG frame in flight, {args.ws_frames} frames:")
     for name, r in results.items():
         if name.endswith("websocket"):

@@ -28,9 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1; 0.0.0.0 in a container)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
-    parser.add_argument("--model", help="model-zoo name or checkpoint/.onnx path (default tf-pedestrian)")
+    parser.add_argument(
+        "--model",
+        help="model-zoo name or checkpoint/.onnx path "
+        "(default auto: tf-pedestrian-int8 on a CPU, tf-pedestrian on a GPU)",
+    )
     parser.add_argument("--backend", choices=("auto", *BACKENDS))
-    parser.add_argument("--threads", type=int, help="inference threads (default: all cores)")
+    parser.add_argument("--threads", type=int, help="threads of each inference call (default: all cores)")
     return parser
 
 

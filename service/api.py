@@ -89,7 +89,7 @@ class DetectQuery:
     classes: tuple[str, ...] | None
 
 
-def detect_query(
+async def detect_query(  # async: FastAPI runs a plain def dependency on its thread pool, a hop per request
     score_threshold: ScoreThreshold = None, max_detections: MaxDetections = None, classes: Classes = None
 ) -> DetectQuery:
     names = tuple(dict.fromkeys(n.strip() for item in classes or () for n in item.split(",") if n.strip()))
@@ -115,7 +115,7 @@ def resolve_options(runtime: Runtime, query: DetectQuery) -> DetectOptions:
     )
 
 
-def detect_options(runtime: RuntimeDep, query: DetectQueryDep) -> DetectOptions:
+async def detect_options(runtime: RuntimeDep, query: DetectQueryDep) -> DetectOptions:
     """The options of an HTTP detection request (422 for an unknown class name)."""
     try:
         return resolve_options(runtime, query)

@@ -17,7 +17,7 @@ from .decoding import ImageError, warm_up_decoder
 from .engine import EngineStoppedError, InferenceEngine, InferenceError, QueueFullError
 from .limits import BodyLimitMiddleware
 from .metrics import HTTPMetricsMiddleware, Metrics
-from .model import describe, load_detector, warm_up
+from .model import describe, engine_workers, load_detector, warm_up
 from .runtime import Runtime
 from .settings import Settings
 
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, detector=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         redact_api_keys_in_logs()  # here, after uvicorn has configured its loggers
         loaded = detector or await asyncio.to_thread(load_detector, settings)
+        workers = engine_workers(loaded, settings)
         decoder = ThreadPoolExecutor(2, thread_name_prefix="decode")
         engine = InferenceEngine(
             loaded.predict_batch,
@@ -51,14 +52,17 @@ def create_app(settings: Settings | None = None, detector=None) -> FastAPI:
             max_wait_ms=settings.max_wait_ms,
             on_batch=metrics.observe_batch,
             on_queue_depth=metrics.queue_depth.set,
+            workers=workers,
         )
         runtime = Runtime(settings, metrics, loaded, describe(loaded, settings), engine, decoder)
         await asyncio.to_thread(warm_up, loaded, settings.max_batch_size)
         await asyncio.get_running_loop().run_in_executor(decoder, warm_up_decoder)
         await engine.start()
         metrics.ready.set(1)
+        info = runtime.model_info
         logger.info(
-            "model %s ready (%s %s)", runtime.model_info.name, runtime.model_info.backend, runtime.model_info.precision
+            "model %s ready (%s %s; %d inference call(s) at once, batches of up to %d)",
+            *(info.name, info.backend, info.precision, workers, settings.max_batch_size),
         )
         if api_keys:
             logger.info("API keys required: %d key(s) configured", len(api_keys))

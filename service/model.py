@@ -1,5 +1,6 @@
 """Loading the served model: backend choice, warm-up and the /model description."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,17 @@ from ssdlite.weights.zoo import MODELS
 
 from .schemas import ModelInfo
 from .settings import Settings
+
+
+def default_workers(backend: str, threads: int | None = None) -> int:
+    """Inference calls at once unless ``SSDLITE_INFERENCE_WORKERS`` says: 2 for ONNX Runtime where it has 2
+    cores or more (``threads``, default all), else 1 (torch: a GPU runs one batch at a time)."""
+    return 2 if backend == "onnxruntime" and (threads or os.cpu_count() or 1) >= 2 else 1
+
+
+def engine_workers(detector, settings: Settings) -> int:
+    """How many inference calls the engine runs at once for this loaded detector."""
+    return settings.inference_workers or default_workers(getattr(detector.backend, "name", "custom"), settings.threads)
 
 
 def load_detector(settings: Settings) -> Detector:

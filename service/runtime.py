@@ -28,8 +28,11 @@ class Runtime:
         return self.engine.running
 
 
-def get_runtime(connection: HTTPConnection) -> Runtime:
+async def get_runtime(connection: HTTPConnection) -> Runtime:
     """The lifespan's :class:`Runtime` (the lifespan yields it as state, which Starlette gives every request).
+
+    ``async`` though it never waits: FastAPI runs a plain ``def`` dependency on its thread pool, a
+    thread hop per request for an attribute lookup.
 
     Raises:
         EngineStoppedError: the lifespan has not started (503).

@@ -20,7 +20,8 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import cv2
 
 from ssdlite import Detector, SSDLiteError, draw_detections
-from ssdlite.runtime import BACKENDS
+from ssdlite.cli.common import show_library_logs
+from ssdlite.runtime import BACKENDS, default_model
 from ssdlite.video import (
     DEFAULT_LOST_SECONDS,
     DEFAULT_TRACKER,
@@ -121,7 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("SSDLITE_API_KEY"),
         help="the service's API key, if it wants one (default: $SSDLITE_API_KEY)",
     )
-    detection.add_argument("--model", default="tf-pedestrian", help="local model: zoo name or checkpoint/.onnx path")
+    detection.add_argument(
+        "--model",
+        default="auto",
+        help="local model: zoo name or checkpoint/.onnx path (default auto: tf-pedestrian-int8 on the CPU, "
+        "tf-pedestrian on a GPU or with --backend torch)",
+    )
     detection.add_argument(
         "--backend", choices=("auto", *BACKENDS), default="auto", help="local backend (auto: onnxruntime on the CPU)"
     )
@@ -150,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    show_library_logs()  # model fetches and reconnections
     try:
         return run(args)
     except (SSDLiteError, ValueError, OSError, TimeoutError) as error:
@@ -199,7 +206,8 @@ def run(args) -> int:
                 cleanup.callback(remote.close)
                 detector = remote
             else:
-                detector = Detector.load(args.model, backend=args.backend)
+                model = default_model(backend=args.backend) if args.model == "auto" else args.model
+                detector = Detector.load(model, backend=args.backend)
         except Exception as error:  # noqa: BLE001 - a bad URL or model ends the demo with its reason
             print(f"error: {error}", file=sys.stderr)
             return 2

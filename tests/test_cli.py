@@ -74,3 +74,31 @@ def test_detect_on_a_checkpoint_through_the_command(tmp_path, small_model, capsy
     assert '"image": "' + str(photo) in capsys.readouterr().out
     assert main(["detect", str(photo), "--model", str(checkpoint), "--backend", "torch", "--device", "cuda:7"]) == 2
     assert capsys.readouterr().err.startswith("error: device 'cuda:7' asked for, but torch sees")
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ([], "tf-pedestrian-int8"),  # the CPU (--device cpu is the default)
+        (["--backend", "torch"], "tf-pedestrian"),  # torch runs the float checkpoint, not the INT8 .onnx
+        (["--device", "auto"], "tf-pedestrian-int8"),
+        (["--model", "tf-pedestrian"], "tf-pedestrian"),  # float stays one option away
+    ],
+)
+def test_detect_default_model_is_int8_on_the_cpu(monkeypatch, capsys, options, expected):
+    import torch
+
+    from ssdlite.errors import SSDLiteError
+    from ssdlite.images import SAMPLE_PHOTOS
+    from ssdlite.runtime import Detector
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    loaded = []
+
+    def load(source, **kwargs):
+        loaded.append(str(source))
+        raise SSDLiteError("not loading models in this test")
+
+    monkeypatch.setattr(Detector, "load", load)
+    assert main(["detect", str(SAMPLE_PHOTOS / "astronaut.jpg"), *options]) == 2
+    assert loaded == [expected]

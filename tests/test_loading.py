@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssdlite import PRESETS, Detector, PostprocessConfig, SSDLiteConfig, export_onnx, get_config, save_checkpoint
-from ssdlite.runtime import ModelLoadError, load_backend
+from ssdlite.runtime import ModelLoadError, default_model, load_backend
 from ssdlite.runtime.loading import choose_backend, model_format
 from ssdlite.weights import ZooError, load_checkpoint
 
@@ -70,6 +70,28 @@ def test_zoo_names_have_a_format_without_fetching(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert choose_backend("tf-pedestrian-int8", "auto", "auto") == ("onnxruntime", "cpu")
     assert choose_backend("tf-pedestrian", "auto", "auto") == ("torch", "cuda")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("device", "backend", "cuda", "expected"),
+    [
+        ("auto", None, False, "tf-pedestrian-int8"),  # a CPU: the INT8 build on ONNX Runtime
+        ("auto", "auto", False, "tf-pedestrian-int8"),
+        ("cpu", "auto", True, "tf-pedestrian-int8"),
+        ("auto", "auto", True, "tf-pedestrian"),  # a GPU: float on torch
+        ("cuda:1", None, True, "tf-pedestrian"),
+        ("cpu", "torch", False, "tf-pedestrian"),  # torch cannot run the INT8 .onnx file
+        ("auto", "onnxruntime", True, "tf-pedestrian-int8"),
+    ],
+)
+def test_default_model_follows_where_it_runs(monkeypatch, tmp_path, device, backend, cuda, expected):
+    monkeypatch.setenv("SSDLITE_HOME", str(tmp_path))  # nothing fetched
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2 if cuda else 0)
+    assert default_model(device, backend) == expected
+    chosen = choose_backend(expected, backend, device)  # and the loader can run it there
+    assert chosen[0] == ("onnxruntime" if expected.endswith("int8") else "torch")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service import Settings, create_app
+from ssdlite.runtime import default_model
 
 from .service_helpers import bad_inputs, encode, photo, scripted_detector, small_checkpoint
 
@@ -34,7 +35,7 @@ def test_detect_multipart_returns_boxes_in_original_pixels(client):
     response = client.post("/detect", files={"file": ("frame.jpg", image(640, 480), "image/jpeg")})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert (body["width"], body["height"], body["model"]) == (640, 480, "tf-pedestrian")
+    assert (body["width"], body["height"], body["model"]) == (640, 480, default_model())
     (det,) = body["detections"]
     assert det["label"] == "person" and det["class_id"] == 1 and det["score"] > 0.99
     np.testing.assert_allclose(det["box"], expected_box(640, 480), atol=0.01)
@@ -204,7 +205,7 @@ def test_operations_endpoints(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     info = client.get("/model").json()
-    assert info["classes"] == ["person", "car"] and info["input_size"] == 160 and info["name"] == "tf-pedestrian"
+    assert info["classes"] == ["person", "car"] and info["input_size"] == 160 and info["name"] == default_model()
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
@@ -348,6 +349,29 @@ def test_onnx_models_run_on_onnxruntime_whatever_the_backend_setting(monkeypatch
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert choose_backend(model, "auto", Settings().device) == ("onnxruntime", "cpu")
     assert choose_backend("tf-pedestrian", "auto", Settings().device) == ("torch", "cuda")
+
+
+@pytest.mark.parametrize(
+    ("environment", "cuda", "expected"),
+    [
+        ({}, False, "tf-pedestrian-int8"),  # a CPU: the INT8 build
+        ({}, True, "tf-pedestrian"),  # a GPU: float on torch
+        ({"SSDLITE_MODEL": "tf-pedestrian"}, False, "tf-pedestrian"),  # float is one setting away
+        ({"SSDLITE_BACKEND": "torch"}, False, "tf-pedestrian"),  # torch cannot run the INT8 .onnx file
+        ({"SSDLITE_DEVICE": "cpu"}, True, "tf-pedestrian-int8"),
+        ({"SSDLITE_MODEL": "auto"}, False, "tf-pedestrian-int8"),
+    ],
+)
+def test_default_model_is_int8_on_a_cpu_and_named_as_served(monkeypatch, environment, cuda, expected):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.model == expected
+    with TestClient(create_app(settings, detector=scripted_detector())) as client:
+        assert client.get("/model").json()["name"] == expected
 
 
 def test_settings_come_from_the_environment(monkeypatch):

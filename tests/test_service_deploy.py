@@ -146,7 +146,7 @@ def test_kubernetes_deployment_probes_resources_service_and_autoscaler():
     resources = container["resources"]
     assert {"cpu", "memory"} <= set(resources["requests"]) and {"cpu", "memory"} <= set(resources["limits"])
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["SSDLITE_MODEL"] == "tf-pedestrian"
+    assert env["SSDLITE_MODEL"] == "auto"  # the INT8 person detector on a CPU node
     assert int(env["SSDLITE_THREADS"]) == int(resources["requests"]["cpu"])  # one inference thread per core
     service = docs["Service"]
     assert service["spec"]["selector"].items() <= labels.items()

@@ -1,6 +1,7 @@
 """The inference engine's batching and backpressure, and the upload decoder, without HTTP."""
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -148,6 +149,45 @@ def test_a_failing_model_fails_its_requests_not_the_engine():
         return result
 
     assert len(run(main()).detections) == 1
+
+
+def test_workers_run_batches_at_once_and_a_lone_stream_stays_on_one_thread():
+    detector = scripted_detector(delay=0.2)
+    threads = []
+
+    def predict_batch(images, **options):
+        threads.append(threading.get_ident())
+        return detector.predict_batch(images, **options)
+
+    async def main():
+        engine = InferenceEngine(predict_batch, max_batch_size=2, workers=2)
+        await engine.start()
+        begun = time.perf_counter()
+        together = await asyncio.gather(*(engine.detect(IMAGE, OPTIONS) for _ in range(4)))
+        elapsed = time.perf_counter() - begun
+        concurrent_threads = set(threads)
+        threads.clear()
+        for _ in range(3):  # one request at a time: always the worker freed last
+            await engine.detect(IMAGE, OPTIONS)
+        await engine.stop()
+        return together, elapsed, concurrent_threads
+
+    together, elapsed, concurrent_threads = run(main())
+    assert detector.batch_sizes == [2, 2, 1, 1, 1] and [r.batch_size for r in together] == [2, 2, 2, 2]
+    assert elapsed < 0.35 and len(concurrent_threads) == 2  # two 0.2 s batches side by side, not 0.4 s
+    assert len(set(threads)) == 1
+
+
+def test_stop_fails_the_batches_of_every_worker():
+    async def main():
+        engine = await started(scripted_detector(delay=0.2), max_batch_size=1, workers=2)
+        running = [asyncio.ensure_future(engine.detect(IMAGE, OPTIONS)) for _ in range(3)]
+        await asyncio.sleep(0.05)  # two in inference, one waiting
+        await engine.stop()
+        return await asyncio.gather(*running, return_exceptions=True)
+
+    outcomes = run(main())
+    assert all(isinstance(o, EngineStoppedError) for o in outcomes), outcomes
 
 
 def test_decode_applies_exif_orientation_and_returns_rgb():

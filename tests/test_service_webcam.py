@@ -151,8 +151,11 @@ def test_bad_sources_end_with_one_line(tmp_path, capsys):
     assert main(["--source", "ftp://cam.local/live", "--no-display"]) == 2
     assert "unsupported URL scheme 'ftp' in 'ftp://cam.local/live'" in capsys.readouterr().err
     assert main(["--source", f"http://127.0.0.1:{free_port()}/live.mjpg", "--reconnects", "1", "--no-display"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: cannot open 'http://127.0.0.1:") and err.endswith("could not reconnect in 1 tries\n")
+    retry, error = capsys.readouterr().err.splitlines()
+    assert retry.startswith("cannot open http://127.0.0.1:") and retry.endswith("trying again in 0.5 s (1/1)")
+    assert error.startswith("error: cannot open 'http://127.0.0.1:") and error.endswith(
+        "could not reconnect in 1 tries"
+    )
 
 
 def test_a_zone_outside_the_video_is_refused(clip, tmp_path, capsys):

@@ -14,11 +14,24 @@ def fail(error: object, code: int = 2) -> int:
     return code
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a command run in-process under a test's capture
+    must not keep writing to a capture that has since closed)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def show_library_logs():
-    """The library logs its progress (zoo downloads, conversions) at INFO; a command shows it on stderr."""
+    """The library logs its progress (zoo downloads, conversions, reconnections) at INFO; a command shows it."""
     logger = logging.getLogger("ssdlite")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

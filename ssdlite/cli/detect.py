@@ -25,10 +25,10 @@ from ..batch.runner import CorpusOptions, detect_sources
 from ..batch.slicing import check_slice
 from ..errors import SSDLiteError
 from ..images import draw_detections, write_image
-from ..runtime import BACKENDS, Detector, check_classes
+from ..runtime import BACKENDS, Detector, check_classes, default_model
 from .common import fail, stderr
 
-DEFAULT_MODEL = "tf-pedestrian"
+DEFAULT_MODEL = "auto"  # default_model(--device, --backend): tf-pedestrian-int8 on the CPU, tf-pedestrian on CUDA
 ANNOTATED_DIR = "annotated"
 
 
@@ -48,7 +48,10 @@ def build_parser(prog: str = "ssdlite detect") -> argparse.ArgumentParser:
     formats = ", ".join(OUTPUT_FORMATS)
     parser.add_argument("--format", help=f"comma-separated outputs into -o DIR: {formats}")
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model-zoo name or checkpoint/.onnx path (default: {DEFAULT_MODEL})"
+        "--model",
+        default=DEFAULT_MODEL,
+        help="model-zoo name or checkpoint/.onnx path (default auto: tf-pedestrian-int8 on the CPU, "
+        "tf-pedestrian on a CUDA device or with --backend torch)",
     )
     parser.add_argument(
         "--backend",
@@ -115,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         if not inputs.sources and not inputs.missing:
             return fail("no image or video files in the inputs")
         coco_images = _coco_images(args.coco_images, inputs.sources) if args.coco_images else None
+        if args.model == DEFAULT_MODEL:
+            args.model = default_model(args.device, args.backend)
         detector = Detector.load(args.model, backend=args.backend, device=args.device, threads=args.threads)
         if detector.backend.name == "onnxruntime":
             # torch only resizes and post-processes here; its thread pool would fight ONNX Runtime's for

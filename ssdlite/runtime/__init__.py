@@ -2,7 +2,7 @@
 
 from .backends import BACKENDS, Backend, ModelLoadError, OnnxRuntimeBackend, TorchBackend
 from .detector import Detector, UnknownClassError, check_classes
-from .loading import MODEL_FORMATS, load_backend, model_file
+from .loading import MODEL_FORMATS, default_model, load_backend, model_file
 
 __all__ = [
     "BACKENDS",
@@ -14,6 +14,7 @@ __all__ = [
     "TorchBackend",
     "UnknownClassError",
     "check_classes",
+    "default_model",
     "load_backend",
     "model_file",
 ]

@@ -1,7 +1,8 @@
 """The one place that turns what a user names (a zoo name or a model file) into a running backend.
 
 ``MODEL_FORMATS`` says which file suffixes are models and which backends run them;
-:func:`load_backend` picks and checks the backend and device. ``Detector.load``, the service,
+:func:`load_backend` picks and checks the backend and device; :func:`default_model` names the zoo
+model to run where none is named. ``Detector.load``, the service,
 ``ssdlite detect``, ``python -m train.coco --eval-only/--init`` and the benchmarks all come here.
 """
 
@@ -17,6 +18,8 @@ from ..weights.zoo import MODELS, ZooError, checkpoint_path
 from .backends import BACKENDS, Backend, ModelLoadError, OnnxRuntimeBackend, TorchBackend
 
 AUTO = "auto"
+FLOAT_DEFAULT = "tf-pedestrian"  # the zoo's person detector, float32: torch on a GPU
+INT8_DEFAULT = "tf-pedestrian-int8"  # its INT8 build (.onnx, ONNX Runtime on the CPU)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,33 @@ def model_file(source: str | os.PathLike) -> tuple[Path, ModelFormat]:
     """
     found = model_format(source)
     return resolve(source), found
+
+
+def default_model(device: str | torch.device = AUTO, backend: str | None = None) -> str:
+    """The zoo model to run when none is named, for where it will run.
+
+    ``tf-pedestrian-int8`` where the model runs on the CPU (ONNX Runtime): on coco128 person AP 0.192
+    against the float model's 0.195, and 1.9x the service's requests per second on 2 cores.
+    ``tf-pedestrian`` (float) where it runs on CUDA: ``device`` ``"cuda"``/``"cuda:N"``, or ``"auto"``
+    with a GPU that torch sees; and for ``backend="torch"`` on any device, since torch cannot run the
+    INT8 ``.onnx`` file.
+
+    Args:
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        backend: as for :func:`load_backend` (``None``/``"auto"``: decided by the device).
+    """
+    if backend == "torch":
+        return FLOAT_DEFAULT
+    if backend == "onnxruntime":
+        return INT8_DEFAULT
+    if str(device) == AUTO:
+        on_cpu = not torch.cuda.is_available()
+    else:
+        try:
+            on_cpu = torch.device(device).type == "cpu"
+        except RuntimeError:
+            on_cpu = False  # not a device: the float model, whose loader then says so
+    return INT8_DEFAULT if on_cpu else FLOAT_DEFAULT
 
 
 def load_backend(
