@@ -249,12 +249,13 @@ class StreamTracking:
         # ByteTrack and BoT-SORT follow tracks through lower-scored boxes too.
         self.detect_threshold = min(LOW_SCORE, score_threshold) if tracker in ("bytetrack", "botsort") else None
 
-    def update(self, reply: dict, frame_id: int, arrived: float):
+    def update(self, reply: dict, frame_id: int, arrived: float, image):
         """Replaces the reply's detections with the tracked ones and adds the counts.
 
-        Frames dropped before detection are gaps in ``arrived``, the tracker's clock.
+        Frames dropped before detection are gaps in ``arrived``, the tracker's clock; ``image`` is
+        for BoT-SORT's camera-motion compensation.
         """
-        reply["detections"] = self.tracker.update(reply["detections"], arrived)
+        reply["detections"] = self.tracker.update(reply["detections"], arrived, image)
         if self.counter:
             events = self.counter.update(reply["detections"], frame_id, arrived, reply["width"], reply["height"])
             reply["counts"] = self.counter.counts(arrived)
@@ -352,7 +353,7 @@ async def detect_stream(
                 )
                 if tracking is not None:
                     try:
-                        tracking.update(reply, frame_id, arrived)
+                        tracking.update(reply, frame_id, arrived, image)
                     except CountingError as error:  # a zone outside this frame: the stream cannot count
                         await websocket.send_json({"frame_id": frame_id, "status": 422, "error": str(error)})
                         await websocket.close(1008)

@@ -53,10 +53,11 @@ def test_each_connection_has_its_own_tracker_and_counts():
         assert (counts["zones"][0]["entered"], counts["zones"][0]["exited"]) == (1, 1), counts
 
 
-def test_one_stream_counts_a_crossing_and_a_zone_visit():
+@pytest.mark.parametrize("tracker", ["ocsort", "bytetrack", "sort", "botsort"])
+def test_one_stream_counts_a_crossing_and_a_zone_visit(tracker):
     detector = scripted_detector((0.05, 0.3, 0.25, 0.7), step=(0.05, 0.0))
     with TestClient(create_app(Settings(), detector=detector)) as client:
-        replies = stream(client, "track=true&line=0.5,1,0.5,0&zone=0,0,0.5,0,0.5,1,0,1", 14)
+        replies = stream(client, f"track=true&tracker={tracker}&line=0.5,1,0.5,0&zone=0,0,0.5,0,0.5,1,0,1", 14)
     counts = replies[-1]["counts"]
     # The line points up the picture, so a walk to the right crosses from its left to its right: in.
     assert counts["lines"] == [{"in": 1, "out": 0, "classes": {"person": {"in": 1, "out": 0}}}]
