@@ -4,8 +4,8 @@
 
 1. A 640 x 480 clip of real people (``bench.clips``' line-crossing clip, looped to ``--frames``
    frames) is written to an .mp4 and run through ``python -m service.webcam --no-display`` as a
-   user would, plainly and with ``--track --line 0,0.5,1,0.5 --zone ...``, alternating (ABAB) for
-   ``--rounds`` rounds in one run; the script's own closing line gives frames per second.
+   user would, plainly and with ``--track --line 0,0.5,1,0.5 --zone ...``, alternating (ABBA...)
+   for ``--rounds`` rounds in one run; the script's own closing line gives frames per second.
 2. A synthetic 30 FPS camera (:class:`SyntheticCamera`, read through ``FrameSource`` like a real
    one) feeds ``ssdlite.video.track`` with a detector slowed to about ``--inference-ms`` per frame
    (slower than the camera): the age of each frame when its result is ready (now minus its capture
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         path = clips.write_clip(looped, Path(folder) / "people_640x480.mp4")
         for round_index in range(args.rounds):
-            for name, extra in (("detect", []), ("track", TRACK_ARGS)):
+            modes = [("detect", []), ("track", TRACK_ARGS)]
+            for name, extra in modes if round_index % 2 == 0 else reversed(modes):  # ABBA: neither always first
                 fps = webcam_fps(path, args.model, extra)
                 results["webcam"].append({"round": round_index, "mode": name, "fps": fps})
                 print(f"round {round_index + 1}: service.webcam {name:6s} {fps:6.1f} FPS", flush=True)
