@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     show_library_logs()  # model fetches and reconnections
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our one-line errors say it; not OpenCV's WARNs
     try:
         return run(args)
     except (SSDLiteError, ValueError, OSError, TimeoutError) as error:

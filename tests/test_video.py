@@ -284,6 +284,20 @@ def test_a_dropped_stream_is_reopened_then_given_up_with_one_line():
         camera.close()
 
 
+def test_a_missing_camera_is_an_error_at_once():
+    class Closed:
+        def isOpened(self):  # noqa: N802 - cv2.VideoCapture's name
+            return False
+
+        def release(self):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(SourceError, match=r"cannot open camera 3 \(is one connected, and free\?\)"):
+        FrameSource("3", SourceOptions(reconnects=5, reconnect_delay=1.0), open_capture=lambda spec: Closed())
+    assert time.monotonic() - started < 0.5
+
+
 def test_a_live_source_that_cannot_open_gives_up():
     with pytest.raises(SourceError, match=r"cannot open 'http://127\.0\.0\.1:9/x\.mjpg' and could not reconnect in 1"):
         FrameSource("http://127.0.0.1:9/x.mjpg", SourceOptions(reconnects=1, reconnect_delay=0.01))

@@ -6,8 +6,9 @@ anything else is a video file. Files and folders are read frame by frame in full
 keeps every Nth frame) and end the iteration at their end. Live sources (cameras and URLs) are read
 on their own thread, which keeps only the newest frame: when processing is slower than the camera,
 older frames are dropped and the frame being processed is never more than one processing time old.
-A live source that stops giving frames is reopened with a doubling wait, ``reconnects`` times in a
-row at most, and then raises :class:`SourceError` naming it.
+A live source that stops giving frames (or a stream that cannot be opened at the start) is reopened
+with a doubling wait, ``reconnects`` times in a row at most, and then raises :class:`SourceError`
+naming it; a camera that cannot be opened at the start is an error at once.
 """
 
 import logging
@@ -219,12 +220,16 @@ class _LiveReader:
     def _connect(self, first: bool) -> cv2.VideoCapture:
         delay = self.options.reconnect_delay
         tries = 0
+        # A camera that is not there at the start will not appear by waiting; a stream's server may be restarting.
+        patience = 0 if first and self.spec.isdigit() else self.options.reconnects
         while True:
             capture = self.open_capture(self.spec)
             if capture.isOpened():
                 return capture
             capture.release()
-            if tries >= self.options.reconnects or self._stopped:
+            if tries >= patience or self._stopped:
+                if first and self.spec.isdigit():
+                    raise SourceError(f"cannot open camera {self.spec} (is one connected, and free?)")
                 what = "cannot open" if first else "lost"
                 raise SourceError(
                     f"{what} {self.spec!r}" + (f" and could not reconnect in {tries} tries" if tries else "")
