@@ -15,7 +15,6 @@ from starlette.datastructures import UploadFile
 from ssdlite import SSDLiteError, draw_detections
 from ssdlite.runtime import UnknownClassError, check_classes
 from ssdlite.video import DEFAULT_TRACKER, Counter, CountingError, Tracker, TrackerOptions, regions
-from ssdlite.video.pipeline import LOW_SCORE
 
 from .auth import SUBPROTOCOL
 from .decoding import ImageError, decode_image, encode_jpeg
@@ -246,8 +245,6 @@ class StreamTracking:
         line_regions, zone_regions = regions(lines, zones)
         self.tracker = Tracker(TrackerOptions(tracker=tracker, track_threshold=score_threshold))
         self.counter = Counter(line_regions, zone_regions, self.tracker.options.lost_seconds)
-        # ByteTrack and BoT-SORT follow tracks through lower-scored boxes too.
-        self.detect_threshold = min(LOW_SCORE, score_threshold) if tracker in ("bytetrack", "botsort") else None
 
     def update(self, reply: dict, frame_id: int, arrived: float, image):
         """Replaces the reply's detections with the tracked ones and adds the counts.
@@ -292,8 +289,7 @@ async def detect_stream(
         options = resolve_options(runtime, query)
         if track:
             tracking = StreamTracking(tracker, options.score_threshold, line or [], zone or [])
-            if tracking.detect_threshold is not None:
-                options = replace(options, score_threshold=tracking.detect_threshold)
+            options = replace(options, score_threshold=tracking.tracker.options.detection_threshold)
         elif line or zone:
             raise CountingError("line= and zone= count tracked objects: add track=true")
     except SSDLiteError as error:  # an unknown class, tracker, or a bad line or zone; the library missing

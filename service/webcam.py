@@ -11,6 +11,7 @@ in a window and/or writes it to a video. Headless machines: ``--no-display --out
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import sys
@@ -213,7 +214,7 @@ def run(args) -> int:
             print(f"error: {error}", file=sys.stderr)
             return 2
         if tracker is not None and not remote:
-            tracker = TrackerOptions(**{**tracker.__dict__, "frame_rate": frames.fps})
+            tracker = dataclasses.replace(tracker, frame_rate=frames.fps)
         events_file = None
         if args.events:
             events_file = cleanup.enter_context(open(args.events, "w", newline=""))

@@ -11,9 +11,6 @@ from .counting import Counter, CountEvent, CountingError, Region, parse_region
 from .sources import FrameSource, SourceOptions
 from .tracking import DEFAULT_LOST_SECONDS, Tracker, TrackerOptions
 
-# ByteTrack and BoT-SORT match boxes down to this score to tracks they already follow.
-LOW_SCORE = 0.1
-
 
 @dataclass
 class VideoFrame:
@@ -84,11 +81,11 @@ def track(
         )
         object_tracker = Tracker(options) if options is not None else None
         counter = Counter(line_regions, zone_regions, options.lost_seconds if options else DEFAULT_LOST_SECONDS)
-        low = min(LOW_SCORE, score_threshold) if options and options.tracker in ("bytetrack", "botsort") else None
+        detect_at = options.detection_threshold if options is not None else score_threshold
         for frame in frames:
             if isinstance(detector, Detector):
                 rgb = cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB)
-                detections = detector.predict(rgb, score_threshold=score_threshold if low is None else low)
+                detections = detector.predict(rgb, score_threshold=detect_at)
             else:
                 detections = detector(frame.image)
             result = VideoFrame(frame.index, frame.time, frame.image, detections)

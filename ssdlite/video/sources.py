@@ -114,10 +114,8 @@ class FrameSource:
         self.spec = spec
         self.options = options or SourceOptions()
         self.kind = source_kind(spec)
-        self.live = self.kind in ("camera", "stream")
         self._open_capture = open_capture or _open_capture
         self.fps = NOMINAL_FPS
-        self.frame_size: tuple[int, int] | None = None  # (width, height) once known
         self._capture: cv2.VideoCapture | None = None
         self._images: list[Path] = []
         self._live: _LiveReader | None = None
@@ -129,8 +127,7 @@ class FrameSource:
             self._capture = cv2.VideoCapture(spec)
             if not self._capture.isOpened():
                 raise SourceError(f"cannot read {spec!r} as a video (is it a video file OpenCV can decode?)")
-            fps = self._capture.get(cv2.CAP_PROP_FPS)
-            self.fps = fps if 1 <= fps <= 240 else NOMINAL_FPS
+            self.fps = _frame_rate(self._capture)
         else:
             self._live = _LiveReader(spec, self._open_capture, self.options)
             self.fps = self._live.fps
@@ -157,8 +154,6 @@ class FrameSource:
                 if wait > 0:
                     time.sleep(wait)
                 next_due = max(next_due + interval, time.monotonic())
-            if self.frame_size is None:
-                self.frame_size = (frame.image.shape[1], frame.image.shape[0])
             yield frame
 
     def _file_frames(self) -> Iterator[Frame]:
@@ -194,6 +189,12 @@ class FrameSource:
             yield frame
 
 
+def _frame_rate(capture: cv2.VideoCapture) -> float:
+    """The rate a capture reports, or the nominal one where it reports none (or nonsense)."""
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    return fps if 1 <= fps <= 240 else NOMINAL_FPS
+
+
 def _open_capture(spec: str) -> cv2.VideoCapture:
     if spec.isdigit():
         return cv2.VideoCapture(int(spec))
@@ -212,8 +213,7 @@ class _LiveReader:
         self._error: SourceError | None = None
         self._stopped = False
         self._capture = self._connect(first=True)
-        fps = self._capture.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if 1 <= fps <= 240 else NOMINAL_FPS
+        self.fps = _frame_rate(self._capture)
         self._thread = threading.Thread(target=self._read, name=f"source {spec}", daemon=True)
         self._thread.start()
 

@@ -24,6 +24,8 @@ DEFAULT_TRACKER = "ocsort"
 # The person detector misses a person for up to 1.5 s around an 11-frame full occlusion (bench.tracking):
 # at 1 s every tracker handed out a new ID there, at 2 s none of OC-SORT's did.
 DEFAULT_LOST_SECONDS = 2.0
+# ByteTrack and BoT-SORT match boxes down to this score to tracks they already follow.
+LOW_SCORE = 0.1
 INSTALL_HINT = "pip install 'ssdlite[track]' && pip install --no-deps trackers==2.6.1"
 
 
@@ -54,6 +56,13 @@ class TrackerOptions:
     track_threshold: float = 0.5
     match_iou: float | None = None
     confirm_frames: int | None = None
+
+    @property
+    def detection_threshold(self) -> float:
+        """The least score of the detections to give :meth:`Tracker.update`."""
+        return (
+            min(LOW_SCORE, self.track_threshold) if self.tracker in ("bytetrack", "botsort") else self.track_threshold
+        )
 
     def __post_init__(self):
         if self.tracker not in TRACKERS:
