@@ -27,11 +27,13 @@ CLASS_NAMES = ["person", "car"]
 SMALL_BODY_LIMIT = 2_000_000  # what the shared served process runs with
 
 
-def scripted_detector(box=(0.25, 0.5, 0.75, 1.0), delay: float = 0.0, step=(0.0, 0.0)) -> Detector:
+def scripted_detector(box=(0.25, 0.5, 0.75, 1.0), delay: float = 0.0, step=(0.0, 0.0), velocity=(0.0, 0.0)) -> Detector:
     """A Detector whose forward pass always "sees" one person at ``box`` (normalised x1, y1, x2, y2).
 
     ``delay`` seconds per call stand in for a slow model; ``step`` (normalised x, y) moves the box
-    after each call; ``detector.batch_sizes`` records each call.
+    after each call; ``velocity`` (normalised x, y per second) moves it with the time since the first
+    call since ``detector.walk_started`` was reset to ``None`` (after the warm-up, say), as a real
+    object moves whenever the frames happen to be taken; ``detector.batch_sizes`` records each call.
     """
     config = get_config("ssdlite320_mobilenet_v2", num_classes=len(CLASS_NAMES) + 1, image_size=160)
     detector = Detector(None, config, CLASS_NAMES)
@@ -48,13 +50,18 @@ def scripted_detector(box=(0.25, 0.5, 0.75, 1.0), delay: float = 0.0, step=(0.0,
         logits[best, 0], logits[best, 1] = -10.0, 10.0
         return deltas, logits
 
+    detector.walk_started = None
+
     def forward(batch):
         calls = len(detector.batch_sizes)
         detector.batch_sizes.append(batch.shape[0])
+        if detector.walk_started is None:
+            detector.walk_started = time.perf_counter()
+        seconds = time.perf_counter() - detector.walk_started
         if delay:
             time.sleep(delay)
         n = batch.shape[0]
-        shift = (step[0] * calls, step[1] * calls) * 2
+        shift = (step[0] * calls + velocity[0] * seconds, step[1] * calls + velocity[1] * seconds) * 2
         deltas, logits = outputs([v + d for v, d in zip(box, shift, strict=True)])
         return deltas.expand(n, -1, -1), logits.expand(n, -1, -1)
 
