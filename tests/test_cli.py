@@ -53,7 +53,7 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, capsys):
 
 def test_export_refuses_a_format_it_cannot_write_and_writes_nothing(tmp_path, small_model, capsys):
     checkpoint = save_checkpoint(tmp_path / "small.pt", small_model, NAMES)
-    for output in ("model.tflite", "model"):
+    for output in ("model.tf", "model"):
         assert main(["export", str(checkpoint), "-o", str(tmp_path / output)]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"error: {tmp_path / output}: cannot export to a") and "formats: .onnx" in err

@@ -52,9 +52,9 @@ def test_combinations_it_cannot_honour_are_refused_before_any_loading(files, tmp
             load_backend(checkpoint, backend="torch", device="cuda")
     with pytest.raises(ModelLoadError, match="unknown device 'gpu'"):
         load_backend(checkpoint, backend="torch", device="gpu")
-    other = tmp_path / "model.tflite"
+    other = tmp_path / "model.engine"
     other.write_bytes(b"not ours")
-    with pytest.raises(ModelLoadError, match=r"model.tflite: not a model file this version can load \(suffixes"):
+    with pytest.raises(ModelLoadError, match=r"model.engine: not a model file this version can load \(suffixes"):
         load_backend(other)
     with pytest.raises(ZooError, match="no-such-model: no such model file, and not a model-zoo name"):
         load_backend("no-such-model")

@@ -8,7 +8,7 @@ import torch
 
 from ssdlite import SSDLite, SSDLiteConfig, build_model
 from ssdlite.core.anchors import anchors_for
-from ssdlite.runtime import ModelLoadError, OnnxRuntimeBackend, load_backend
+from ssdlite.runtime import Backend, ModelLoadError, TorchBackend, load_backend
 from ssdlite.weights import CheckpointError
 
 from .config import TrainConfig, UsageError, read_init_checkpoint
@@ -102,13 +102,13 @@ def init_class_prior(model: SSDLite, prior: float = 0.01):
             predictor[-1].bias.fill_(bias)
 
 
-class OnnxEvalModel(torch.nn.Module):
-    """An exported ``.onnx`` model (float or INT8) behind the interface ``engine.evaluate`` uses.
+class ExportedEvalModel(torch.nn.Module):
+    """An export (``.onnx``, ``.tflite``, ``.pte``; float or INT8) behind the interface ``engine.evaluate`` uses.
 
     Evaluating the export itself measures what quantization costs in AP.
     """
 
-    def __init__(self, backend: OnnxRuntimeBackend):
+    def __init__(self, backend: Backend):
         super().__init__()
         self.backend = backend
         self.config = backend.config
@@ -120,7 +120,7 @@ class OnnxEvalModel(torch.nn.Module):
 
 
 def load_eval_model(source, device: torch.device) -> tuple[torch.nn.Module, list[str]]:
-    """A zoo name, checkpoint or ``.onnx`` export (CPU only), ready for ``engine.evaluate``.
+    """A zoo name, checkpoint or export (``.onnx``, ``.tflite``, ``.pte``: CPU only), ready for ``engine.evaluate``.
 
     Raises:
         ZooError, CheckpointError, UsageError: the model cannot be loaded, or not on ``device``.
@@ -129,7 +129,7 @@ def load_eval_model(source, device: torch.device) -> tuple[torch.nn.Module, list
         backend = load_backend(source, device=device)
     except ModelLoadError as error:
         raise UsageError(str(error)) from None
-    if isinstance(backend, OnnxRuntimeBackend):
-        model = OnnxEvalModel(backend)
-        return model, model.class_names
-    return backend.model, backend.class_names
+    if isinstance(backend, TorchBackend):
+        return backend.model, backend.class_names
+    model = ExportedEvalModel(backend)
+    return model, model.class_names

@@ -50,7 +50,7 @@ def build_parser(prog: str = "ssdlite detect") -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help="model-zoo name or checkpoint/.onnx path (default auto: tf-pedestrian-int8 on the CPU, "
+        help="model-zoo name or checkpoint/.onnx/.tflite/.pte path (default auto: tf-pedestrian-int8 on the CPU, "
         "tf-pedestrian on a CUDA device or with --backend torch)",
     )
     parser.add_argument(

@@ -39,9 +39,13 @@ class SSDLiteHead(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """Maps ``[N, C_i, H_i, W_i]`` features to ``[N, sum(H_i * W_i * A_i), outputs_per_box]``."""
+        return torch.cat(self.levels(features), dim=1)
+
+    def levels(self, features: list[Tensor]) -> list[Tensor]:
+        """Each feature map's ``[N, H_i * W_i * A_i, outputs_per_box]`` outputs, before the concatenation."""
         outputs = []
         for feature, predictor in zip(features, self.predictors, strict=False):
             out = predictor(feature)
             # NHWC before the reshape so the order is y -> x -> box, as the anchors are.
             outputs.append(out.permute(0, 2, 3, 1).reshape(out.shape[0], -1, self.outputs_per_box))
-        return torch.cat(outputs, dim=1)
+        return outputs

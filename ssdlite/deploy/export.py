@@ -20,6 +20,7 @@ from ..errors import SSDLiteError
 from .end_to_end import append_postprocess
 from .int8 import DEFAULT_CALIBRATION_METHOD, quantize_int8
 from .onnx import export_network
+from .tflite import export_tflite
 
 
 class ExportError(SSDLiteError, ValueError):
@@ -98,6 +99,13 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
         frozenset({"calibration", "calibration_method", "end_to_end", "progress"}),
         export_onnx,
     ),
+    ".tflite": ExportFormat(
+        "tflite",
+        ".tflite",
+        "LiteRT (float32 or INT8) with MediaPipe object-detector metadata; runs in MediaPipe Tasks and LiteRT",
+        frozenset({"calibration", "calibration_method", "progress"}),
+        export_tflite,
+    ),
 }
 
 
@@ -133,7 +141,7 @@ def export_model(model: SSDLite, class_names: list[str], destination: str | os.P
     unsupported = sorted(given - file_format.options)
     if unsupported:
         raise ExportError(f"{destination}: the {file_format.name} format does not take {', '.join(unsupported)}")
-    data = file_format.export(model, class_names, **options)
+    data = file_format.export(model, class_names, **{k: v for k, v in options.items() if k in file_format.options})
     partial = destination.with_name(f".{destination.name}.partial")
     try:
         partial.write_bytes(data)

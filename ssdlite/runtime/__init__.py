@@ -1,4 +1,4 @@
-"""Running a model: backends (torch, ONNX Runtime), the loader that picks one, and ``Detector``."""
+"""Running a model: backends (torch, ONNX Runtime, LiteRT, ExecuTorch), the loader that picks one, and ``Detector``."""
 
 from .backends import BACKENDS, Backend, ModelLoadError, OnnxRuntimeBackend, TorchBackend
 from .detector import Detector, UnknownClassError, check_classes

@@ -17,7 +17,7 @@ from ..core import SSDLite, SSDLiteConfig
 from ..deploy.onnx import INPUT_NAME, OUTPUT_NAMES
 from ..errors import SSDLiteError
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "litert", "executorch")
 
 
 class ModelLoadError(SSDLiteError, ValueError):

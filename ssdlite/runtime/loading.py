@@ -16,8 +16,10 @@ from ..deploy import export_onnx
 from ..weights import load_checkpoint, resolve
 from ..weights.zoo import MODELS, ZooError, checkpoint_path
 from .backends import BACKENDS, Backend, ModelLoadError, OnnxRuntimeBackend, TorchBackend
+from .tflite import LiteRTBackend
 
 AUTO = "auto"
+CPU_RUNTIMES = {"onnxruntime": "ONNX Runtime", "litert": "LiteRT", "executorch": "ExecuTorch"}
 FLOAT_DEFAULT = "tf-pedestrian"  # the zoo's person detector, float32: torch on a GPU
 INT8_DEFAULT = "tf-pedestrian-int8"  # its INT8 build (.onnx, ONNX Runtime on the CPU)
 
@@ -33,6 +35,7 @@ MODEL_FORMATS: dict[str, ModelFormat] = {
     ".pt": ModelFormat("checkpoint", ("torch", "onnxruntime"), "ssdlite checkpoint (weights, config, class names)"),
     ".pth": ModelFormat("checkpoint", ("torch", "onnxruntime"), "ssdlite checkpoint"),
     ".onnx": ModelFormat("onnx", ("onnxruntime",), "ONNX export (float32 or INT8) from `ssdlite export`"),
+    ".tflite": ModelFormat("tflite", ("litert",), "LiteRT export (float32 or INT8) from `ssdlite export`"),
 }
 
 
@@ -101,12 +104,12 @@ def load_backend(
     """Loads a model-zoo name or a model file onto a backend.
 
     Args:
-        source: a zoo name (see ``ssdlite zoo list``) or a ``.pt``/``.onnx`` path.
+        source: a zoo name (see ``ssdlite zoo list``) or a ``.pt``/``.onnx``/``.tflite``/``.pte`` path.
         backend: one of ``BACKENDS``; ``None`` for the format's own (torch for a checkpoint, onnxruntime
-            for ``.onnx``); ``"auto"`` for torch on CUDA when a GPU is there and allowed, else onnxruntime
-            on the CPU.
+            for ``.onnx``, litert for ``.tflite``, executorch for ``.pte``); ``"auto"`` for torch on CUDA
+            when a GPU is there and allowed, else the format's CPU runtime (onnxruntime for a checkpoint).
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``"auto"``: CUDA when torch runs there and it is
-            available. ONNX Runtime runs on the CPU only.
+            available. ONNX Runtime, LiteRT and ExecuTorch run on the CPU only.
         threads: intra-op threads for ONNX Runtime (default: all cores); for torch it sets torch's
             process-wide thread count.
 
@@ -116,6 +119,8 @@ def load_backend(
     """
     backend, device = choose_backend(source, backend, str(device))  # before a fetch: a bad choice fails fast
     path, found = model_file(source)
+    if backend == "litert":
+        return LiteRTBackend(path, threads)
     if backend == "onnxruntime":
         if found.name == "onnx":
             return OnnxRuntimeBackend(path, threads)
@@ -141,16 +146,18 @@ def choose_backend(source: str | os.PathLike, backend: str | None = None, device
         backend = found.backends[0]
     elif backend == AUTO:
         wants_gpu = device != "cpu" and device != AUTO or (device == AUTO and cuda)
-        backend = "torch" if wants_gpu and "torch" in found.backends else "onnxruntime"
+        on_cpu = next(name for name in (*found.backends, "onnxruntime") if name != "torch")
+        backend = "torch" if wants_gpu and "torch" in found.backends else on_cpu
     if backend not in found.backends:
         raise ModelLoadError(
             f"{source}: the {found.name} format runs on {' or '.join(found.backends)}, not on {backend}"
         )
     if device == AUTO:
         device = "cuda" if backend == "torch" and cuda else "cpu"
-    if backend == "onnxruntime" and device != "cpu":
+    if backend != "torch" and device != "cpu":
         raise ModelLoadError(
-            f"{source}: ONNX Runtime runs on the CPU here, not {device}; use device cpu (or a .pt checkpoint on torch)"
+            f"{source}: {CPU_RUNTIMES[backend]} runs on the CPU here, not {device}; "
+            "use device cpu (or a .pt checkpoint on torch)"
         )
     try:
         chosen = torch.device(device)
