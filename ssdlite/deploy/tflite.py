@@ -66,11 +66,18 @@ class MediaPipeLayout(nn.Module):
         self.network = cast(SSDLite, fold_batchnorm(model).cpu().float())
         self.score_function = model.config.postprocess.score_function
         self.register_buffer("box_scale", 1 / torch.tensor(model.config.postprocess.box_weights)[YXHW])
+        with torch.no_grad():  # YXHW by reordering each box predictor's output channels: no gather op
+            for predictor in self.network.box_head.predictors:
+                last = cast(nn.Conv2d, cast(nn.Sequential, predictor)[-1])
+                order = torch.arange(last.out_channels).view(-1, 4)[:, YXHW].flatten()
+                last.weight.copy_(last.weight[order])
+                bias = cast(Tensor, last.bias)
+                bias.copy_(bias[order])
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         pixels = image.permute(0, 3, 1, 2) * INPUT_STD + INPUT_MEAN
         maps = self.network.features(pixels)
-        boxes = [level[..., YXHW] * self.box_scale for level in self.network.box_head.levels(maps)]
+        boxes = [level * self.box_scale for level in self.network.box_head.levels(maps)]
         scores = [class_scores(level, self.score_function) for level in self.network.class_head.levels(maps)]
         return torch.cat(boxes, dim=1), torch.cat(scores, dim=1)
 
