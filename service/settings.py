@@ -18,7 +18,7 @@ class Settings(BaseSettings):
 
     model: str = Field(
         "auto",
-        description="model-zoo name, or a checkpoint (.pt) or .onnx path; auto: tf-pedestrian-int8 on the CPU, "
+        description="model-zoo name, or a .pt/.onnx/.tflite/.pte file; auto: tf-pedestrian-int8 on the CPU, "
         "tf-pedestrian (float) on a GPU or with backend torch (replaced by that name when the settings are read)",
     )
     host: str = "127.0.0.1"

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     detection.add_argument(
         "--model",
         default="auto",
-        help="local model: zoo name or checkpoint/.onnx path (default auto: tf-pedestrian-int8 on the CPU, "
+        help="local model: zoo name or a .pt/.onnx/.tflite/.pte path (default auto: tf-pedestrian-int8 on the CPU, "
         "tf-pedestrian on a GPU or with --backend torch)",
     )
     detection.add_argument(
