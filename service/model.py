@@ -25,13 +25,13 @@ def engine_workers(detector, settings: Settings) -> int:
 
 
 def load_detector(settings: Settings) -> Detector:
-    """The ``ssdlite.Detector`` for ``settings.model`` (a zoo name or a .pt/.onnx path).
+    """The ``ssdlite.Detector`` for ``settings.model`` (a zoo name or a .pt/.onnx/.tflite/.pte path).
 
     Raises:
         ssdlite.SSDLiteError, OSError: the model cannot be loaded; the message says why.
     """
     detector = Detector.load(settings.model, backend=settings.backend, device=settings.device, threads=settings.threads)
-    if detector.backend.name == "onnxruntime":
+    if detector.backend.name in ("onnxruntime", "litert", "executorch"):
         # torch only resizes, converts and post-processes small tensors here; its thread pool
         # would fight ONNX Runtime's for the cores (on a busy 2-core machine a 0.3 ms
         # conversion took 8 ms with 2 torch threads).

@@ -178,7 +178,7 @@ def test_a_tflite_without_ssdlite_metadata_is_refused(tmp_path):
         Detector.load(path)
 
 
-def test_service_cli_and_evaluation_run_the_tflite_file(person, coco128, tmp_path, capsys):
+def test_service_and_cli_run_the_tflite_file(person, capsys):
     with TestClient(create_app(Settings(model=str(person)))) as client:
         model = client.get("/model").json()
         assert model["backend"] == "litert" and model["precision"] == "float32"
@@ -189,6 +189,8 @@ def test_service_cli_and_evaluation_run_the_tflite_file(person, coco128, tmp_pat
     assert detect_main(["--model", str(person), str(PHOTOS[1])]) == 0
     assert '"label": "person"' in capsys.readouterr().out
 
+
+def test_evaluation_scores_the_tflite_file_itself(person, coco128, tmp_path):
     # The export itself scored on 128 real photos: the float checkpoint's person AP 0.195 / AP50 0.390.
     ann, images = str(coco128 / "annotations" / "instances_train2017.json"), str(coco128 / "train2017")
     args = ["--eval-only", "--weights", str(person), "--val-ann", ann, "--val-images", images, "--device", "cpu"]

@@ -20,6 +20,7 @@ from ..errors import SSDLiteError
 from .end_to_end import append_postprocess
 from .int8 import DEFAULT_CALIBRATION_METHOD, quantize_int8
 from .onnx import export_network
+from .pte import export_pte
 from .tflite import export_tflite
 
 
@@ -105,6 +106,13 @@ EXPORT_FORMATS: dict[str, ExportFormat] = {
         "LiteRT (float32 or INT8) with MediaPipe object-detector metadata; runs in MediaPipe Tasks and LiteRT",
         frozenset({"calibration", "calibration_method", "progress"}),
         export_tflite,
+    ),
+    ".pte": ExportFormat(
+        "pte",
+        ".pte",
+        "ExecuTorch program (float32 or INT8) with the XNNPACK delegate; runs in ExecuTorch apps",
+        frozenset({"calibration", "calibration_method", "progress"}),
+        export_pte,
     ),
 }
 

@@ -16,6 +16,7 @@ from ..deploy import export_onnx
 from ..weights import load_checkpoint, resolve
 from ..weights.zoo import MODELS, ZooError, checkpoint_path
 from .backends import BACKENDS, Backend, ModelLoadError, OnnxRuntimeBackend, TorchBackend
+from .pte import ExecuTorchBackend
 from .tflite import LiteRTBackend
 
 AUTO = "auto"
@@ -36,6 +37,7 @@ MODEL_FORMATS: dict[str, ModelFormat] = {
     ".pth": ModelFormat("checkpoint", ("torch", "onnxruntime"), "ssdlite checkpoint"),
     ".onnx": ModelFormat("onnx", ("onnxruntime",), "ONNX export (float32 or INT8) from `ssdlite export`"),
     ".tflite": ModelFormat("tflite", ("litert",), "LiteRT export (float32 or INT8) from `ssdlite export`"),
+    ".pte": ModelFormat("pte", ("executorch",), "ExecuTorch export (float32 or INT8) from `ssdlite export`"),
 }
 
 
@@ -121,6 +123,8 @@ def load_backend(
     path, found = model_file(source)
     if backend == "litert":
         return LiteRTBackend(path, threads)
+    if backend == "executorch":
+        return ExecuTorchBackend(path, threads)
     if backend == "onnxruntime":
         if found.name == "onnx":
             return OnnxRuntimeBackend(path, threads)
