@@ -5,8 +5,8 @@
 temporary folder as ``.onnx``, ``.tflite`` and ``.pte``, each float32 and INT8 (calibrated on the
 first 64 images of ``--calibration``, default coco128), with ``ssdlite.deploy.export_model``; loads
 each with ``ssdlite.runtime.load_backend(path, threads=T)`` and times the raw backend call (a
-preprocessed shipped photo in, box regression and class logits out), the backends interleaved
-round-robin so drift in the machine's load hits all of them alike. Prints p50/p95 ms, the ratio to
+preprocessed shipped photo in, box regression and class logits out), the backends taking turns in
+blocks of 10 runs so drift in the machine's load hits all of them alike. Prints p50/p95 ms, the ratio to
 ONNX Runtime float32, the file sizes, the issue's goals as met or missed, and then the memory
 table of ``python -m bench.memory``. A format whose export or runtime is missing gets an
 ``n/a: <reason>`` row and the others still run.
@@ -111,8 +111,15 @@ def why_missing(error: BaseException) -> str:
     return f"failed: {type(error).__name__}: {error}"
 
 
-def interleave(calls: dict[str, Callable[[], object]], iterations: int, warmup: int) -> dict[str, list[float]]:
-    """Times every call ``iterations`` times, round-robin, the starting call rotating each round."""
+def interleave(
+    calls: dict[str, Callable[[], object]], iterations: int, warmup: int, block: int = 10
+) -> dict[str, list[float]]:
+    """Times every call ``iterations`` times, in blocks of ``block`` runs taken in turn (the first
+    backend rotating each round), each block after one untimed run.
+
+    Blocks rather than single runs, each after an untimed one: the first run after another
+    runtime's pays for waking its own threads and refilling the caches.
+    """
     names = list(calls)
     if not names:
         return {}
@@ -120,11 +127,14 @@ def interleave(calls: dict[str, Callable[[], object]], iterations: int, warmup: 
         for name in names:
             calls[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(iterations):
+    rounds = -(-iterations // block)
+    for i in range(rounds):
         for name in names[i % len(names) :] + names[: i % len(names)]:
-            start = time.perf_counter()
             calls[name]()
-            times[name].append((time.perf_counter() - start) * 1000)
+            for _ in range(min(block, iterations - i * block)):
+                start = time.perf_counter()
+                calls[name]()
+                times[name].append((time.perf_counter() - start) * 1000)
     return times
 
 
@@ -207,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     images = sample_input(size)
     print(
         f"model: {args.model} ({path.name}, {size}x{size}); INT8 calibrated on {len(calibration.files)} images "
-        f"of {args.calibration}; {args.threads} threads; {args.iterations} runs each, round-robin, "
+        f"of {args.calibration}; {args.threads} threads; {args.iterations} runs each, in turns of 10, "
         f"after {args.warmup} warm-up runs"
     )
 
@@ -224,6 +234,9 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  {label}: exported and loaded in {time.perf_counter() - start:.0f} s")
             else:
                 print(f"  {label}: {row.missing}")
+        # The runtimes run on args.threads threads each; torch only copies the input around their calls
+        # (as in the service, which gives it one thread beside a CPU runtime).
+        torch.set_num_threads(1)
         for label, times in interleave(calls, args.iterations, args.warmup).items():
             next(row for row in rows if row.label == label).times = times
     print()

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ssdlite import Detector
+from ssdlite.runtime import CPU_RUNTIMES
 from ssdlite.weights.zoo import MODELS
 
 from .schemas import ModelInfo
@@ -31,7 +32,7 @@ def load_detector(settings: Settings) -> Detector:
         ssdlite.SSDLiteError, OSError: the model cannot be loaded; the message says why.
     """
     detector = Detector.load(settings.model, backend=settings.backend, device=settings.device, threads=settings.threads)
-    if detector.backend.name in ("onnxruntime", "litert", "executorch"):
+    if detector.backend.name in CPU_RUNTIMES:
         # torch only resizes, converts and post-processes small tensors here; its thread pool
         # would fight ONNX Runtime's for the cores (on a busy 2-core machine a 0.3 ms
         # conversion took 8 ms with 2 torch threads).

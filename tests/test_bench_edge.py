@@ -220,9 +220,10 @@ def test_missing_formats_are_na_with_the_reason_and_other_errors_are_failures():
     assert why_missing(RuntimeError("boom")) == "failed: RuntimeError: boom"
 
 
-def test_interleave_runs_every_call_round_robin_from_a_rotating_start():
+def test_interleave_times_blocks_in_turn_from_a_rotating_start():
     order = []
     calls = {name: (lambda n=name: order.append(n)) for name in "abc"}
-    times = interleave(calls, iterations=3, warmup=1)
-    assert order == list("abc" + "abc" + "bca" + "cab")
+    times = interleave(calls, iterations=3, warmup=1, block=2)
+    # warm-up, then per round each call's untimed run and its block: 2 timed runs, then the last 1
+    assert "".join(order) == "abc" + "aaabbbccc" + "bbccaa"
     assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}

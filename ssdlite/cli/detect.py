@@ -25,7 +25,7 @@ from ..batch.runner import CorpusOptions, detect_sources
 from ..batch.slicing import check_slice
 from ..errors import SSDLiteError
 from ..images import draw_detections, write_image
-from ..runtime import BACKENDS, Detector, check_classes, default_model
+from ..runtime import BACKENDS, CPU_RUNTIMES, Detector, check_classes, default_model
 from .common import fail, stderr
 
 DEFAULT_MODEL = "auto"  # default_model(--device, --backend): tf-pedestrian-int8 on the CPU, tf-pedestrian on CUDA
@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.model == DEFAULT_MODEL:
             args.model = default_model(args.device, args.backend)
         detector = Detector.load(args.model, backend=args.backend, device=args.device, threads=args.threads)
-        if detector.backend.name == "onnxruntime":
-            # torch only resizes and post-processes here; its thread pool would fight ONNX Runtime's for
-            # the cores, as in the service.
+        if detector.backend.name in CPU_RUNTIMES:
+            # torch only resizes and post-processes here; its thread pool would fight the runtime's for
+            # the cores, as in the service (bench.edge: ExecuTorch 1.7x slower beside 2 torch threads).
             torch.set_num_threads(1)
         classes = tuple(n.strip() for n in args.classes.split(",") if n.strip()) if args.classes else None
         if classes:

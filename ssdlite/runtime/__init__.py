@@ -2,10 +2,11 @@
 
 from .backends import BACKENDS, Backend, ModelLoadError, OnnxRuntimeBackend, TorchBackend
 from .detector import Detector, UnknownClassError, check_classes
-from .loading import MODEL_FORMATS, default_model, load_backend, model_file
+from .loading import CPU_RUNTIMES, MODEL_FORMATS, default_model, load_backend, model_file
 
 __all__ = [
     "BACKENDS",
+    "CPU_RUNTIMES",
     "MODEL_FORMATS",
     "Backend",
     "Detector",
