@@ -21,15 +21,12 @@ from tqdm import tqdm
 
 from ..core import SSDLite
 from ..errors import SSDLiteError
-from .int8 import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
+from .int8 import DEFAULT_CALIBRATION_METHOD
 from .onnx import fold_batchnorm
+from .pt2e import activation_observer, check_calibration_method
 
 INSTALL_HINT = "pip install 'ssdlite[edge]'"
 METADATA_METHOD = "ssdlite_metadata"
-# What XNNPACKQuantizer's observers can express of CALIBRATION_METHODS: min/max based ranges.
-# "entropy" (KL divergence) and "percentile" have no PT2E observer; its HistogramObserver
-# minimises the L2 quantization error instead, which is neither.
-PTE_CALIBRATION_METHODS = ("average-minmax", "minmax")
 
 
 class ExecuTorchError(SSDLiteError, ValueError):
@@ -78,7 +75,7 @@ def export_pte(
         calibration: preprocessed images ``[N, 3, S, S]`` (see
             :func:`ssdlite.deploy.int8.load_calibration_images`); given, the model is quantized to INT8
             with XNNPACKQuantizer (per-channel symmetric weights, static int8 activations).
-        calibration_method: ``"average-minmax"`` (default) or ``"minmax"`` (``PTE_CALIBRATION_METHODS``).
+        calibration_method: ``"average-minmax"`` (default) or ``"minmax"`` (``PT2E_CALIBRATION_METHODS``).
         progress: show a progress bar while calibrating.
 
     Returns:
@@ -100,7 +97,7 @@ def export_pte(
         program = torch.export.export(network, example)
     else:
         method = calibration_method or DEFAULT_CALIBRATION_METHOD
-        check_calibration_method(method)
+        check_calibration_method(method, ".pte")
         if calibration.ndim != 4 or calibration.shape[1:] != (3, size, size) or not len(calibration):
             raise ExecuTorchError(f"calibration images must be [N, 3, {size}, {size}], got {list(calibration.shape)}")
         quantized = quantize_pt2e(network, example, calibration, method, progress=progress)
@@ -116,18 +113,6 @@ def export_pte(
     elif destination is not None:
         Path(destination).write_bytes(data)
     return data
-
-
-def check_calibration_method(method: str):
-    """Raises :class:`ExecuTorchError` for a calibration method XNNPACKQuantizer cannot express."""
-    if method in PTE_CALIBRATION_METHODS:
-        return
-    if method in CALIBRATION_METHODS:
-        raise ExecuTorchError(
-            f"the ExecuTorch format cannot calibrate with {method!r} (XNNPACKQuantizer has min/max observers only); "
-            f"use one of {', '.join(PTE_CALIBRATION_METHODS)}, or export to .onnx"
-        )
-    raise ExecuTorchError(f"calibration method must be one of {', '.join(PTE_CALIBRATION_METHODS)}, got {method!r}")
 
 
 def quantize_pt2e(
@@ -162,25 +147,11 @@ def _ssdlite_quantizer(method: str) -> Any:
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.observer import MinMaxObserver, MovingAverageMinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-    class MeanMinMaxObserver(MovingAverageMinMaxObserver):
-        # average-minmax as the ONNX export computes it: the mean over the images of each image's
-        # min and max (a moving average whose constant is 1/n is the running mean).
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.images_seen = 0
-
-        def forward(self, x_orig):
-            self.images_seen += 1
-            self.averaging_constant = 1 / self.images_seen
-            return super().forward(x_orig)
-
-    observer = {"average-minmax": MeanMinMaxObserver, "minmax": MinMaxObserver}[method]
     config = get_symmetric_quantization_config(is_per_channel=True)
-    activation = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observer.with_args(eps=2**-12))
+    activation = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=activation_observer(method))
     config = dataclasses.replace(config, input_activation=activation, output_activation=activation)
 
     hardtanh = {torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default}

@@ -35,7 +35,9 @@ from ..core import SSDLite
 from ..core.anchors import anchors_for
 from ..core.postprocess import class_scores
 from ..errors import SSDLiteError
+from .int8 import DEFAULT_CALIBRATION_METHOD
 from .onnx import fold_batchnorm
+from .pt2e import activation_observer, check_calibration_method
 
 INPUT_MEAN = 127.5
 INPUT_STD = 127.5
@@ -153,8 +155,7 @@ def export_tflite(
         class_names: names of labels 1..K-1; MediaPipe's label file and our metadata.
         destination: unused (``export_model`` writes the bytes).
         calibration: preprocessed images ``[N, 3, S, S]`` in [0, 255]; given, the model is INT8.
-        calibration_method: only ``"minmax"``-style observers exist in litert-torch's quantizer;
-            ``None`` or ``"average-minmax"`` (the ONNX default) use its moving-average min/max.
+        calibration_method: ``"average-minmax"`` (default) or ``"minmax"`` (``PT2E_CALIBRATION_METHODS``).
         progress: a progress bar while calibrating.
 
     Returns:
@@ -173,7 +174,8 @@ def export_tflite(
     if calibration is None:
         converted = litert_torch.convert(wrapped, example)
     else:
-        method = calibration_method or "average-minmax"
+        method = calibration_method or DEFAULT_CALIBRATION_METHOD
+        check_calibration_method(method, ".tflite")
         converted = _convert_int8(litert_torch, wrapped, example, calibration, method, progress)
         metadata["precision"] = "int8"
         metadata["calibration"] = {"method": method, "images": len(calibration)}
@@ -219,19 +221,7 @@ def _convert_int8(
 ) -> Any:
     """PT2E static INT8 (per-channel symmetric weights) calibrated on ``calibration``, then converted."""
     from litert_torch.quantize import pt2e_quantizer, quant_config
-    from torchao.quantization.pt2e import observer
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    observers = {
-        "average-minmax": observer.MovingAverageMinMaxObserver.with_args(
-            averaging_constant=2 / (len(calibration) + 1), eps=2**-12
-        ),
-        "minmax": observer.MinMaxObserver.with_args(eps=2**-12),
-    }
-    if method not in observers:
-        raise TFLiteExportError(
-            f"calibration method {method!r} is not available for .tflite; use {' or '.join(observers)}"
-        )
 
     class NetworkQuantizer(pt2e_quantizer.PT2EQuantizer):
         """Quantizes the network's ops only: the input's mapping to pixels and the outputs' last
@@ -243,7 +233,7 @@ def _convert_int8(
             return model
 
     config = pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
-    activations = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=observers[method])
+    activations = dataclasses.replace(config.input_activation, observer_or_fake_quant_ctr=activation_observer(method))
     config = dataclasses.replace(config, input_activation=activations, output_activation=activations)
     quantizer = NetworkQuantizer().set_global(config)
     prepared = prepare_pt2e(torch.export.export(wrapped, example).module(), quantizer)
