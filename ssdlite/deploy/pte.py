@@ -9,7 +9,6 @@ ExecuTorch is an optional extra: it is imported inside the functions that need i
 """
 
 import dataclasses
-import io
 import json
 import os
 from pathlib import Path
@@ -60,7 +59,6 @@ def executorch_runtime() -> Any:
 def export_pte(
     model: SSDLite,
     class_names: list[str],
-    destination: str | os.PathLike | io.BytesIO | None = None,
     *,
     calibration: np.ndarray | None = None,
     calibration_method: str | None = None,
@@ -71,7 +69,6 @@ def export_pte(
     Args:
         model: the model to export.
         class_names: stored in the program's metadata with the config.
-        destination: a path or buffer to write to, or ``None`` to only return the bytes.
         calibration: preprocessed images ``[N, 3, S, S]`` (see
             :func:`ssdlite.deploy.int8.load_calibration_images`); given, the model is quantized to INT8
             with XNNPACKQuantizer (per-channel symmetric weights, static int8 activations).
@@ -107,12 +104,7 @@ def export_pte(
     lowered = exir.to_edge_transform_and_lower(
         program, partitioner=[partitioner()], constant_methods={METADATA_METHOD: json.dumps(metadata)}
     )
-    data = bytes(lowered.to_executorch().buffer)
-    if isinstance(destination, io.BytesIO):
-        destination.write(data)
-    elif destination is not None:
-        Path(destination).write_bytes(data)
-    return data
+    return bytes(lowered.to_executorch().buffer)
 
 
 def quantize_pt2e(

@@ -142,7 +142,6 @@ def _schema() -> Any:
 def export_tflite(
     model: SSDLite,
     class_names: list[str],
-    destination: Any = None,
     *,
     calibration: np.ndarray | None = None,
     calibration_method: str | None = None,
@@ -153,7 +152,6 @@ def export_tflite(
     Args:
         model: the model to export (any preset; SSD or TF anchors; softmax or sigmoid scores).
         class_names: names of labels 1..K-1; MediaPipe's label file and our metadata.
-        destination: unused (``export_model`` writes the bytes).
         calibration: preprocessed images ``[N, 3, S, S]`` in [0, 255]; given, the model is INT8.
         calibration_method: ``"average-minmax"`` (default) or ``"minmax"`` (``PT2E_CALIBRATION_METHODS``).
         progress: a progress bar while calibrating.
