@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,18 @@ def coco128() -> Path:
     if not (root / "annotations" / "instances_train2017.json").is_file() or not (root / "train2017").is_dir():
         pytest.skip(f"{root}: coco128 not present")
     return root
+
+
+def coco128_person_scores(weights, coco128: Path, output_dir: Path) -> dict:
+    """``python -m train.coco --eval-only`` of a model (zoo name or file) on all 128 coco128 photos, on
+    the CPU: eval.json's person row (``AP``, ``AP50``, ``gt``...)."""
+    from train import coco as train_coco
+
+    ann, images = str(coco128 / "annotations" / "instances_train2017.json"), str(coco128 / "train2017")
+    args = ["--eval-only", "--weights", str(weights), "--val-ann", ann, "--val-images", images, "--device", "cpu"]
+    assert train_coco.main([*args, "--no-progress", "--workers", "0", "--output-dir", str(output_dir)]) == 0
+    (person,) = json.loads((output_dir / "eval.json").read_text())["per_class"]
+    return person
 
 
 @pytest.fixture

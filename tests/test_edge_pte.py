@@ -4,7 +4,6 @@ Each export lowers the whole graph (about 10-40 s on 2 cores), so the float and 
 built once per module and shared by the tests.
 """
 
-import json
 import sys
 
 import numpy as np
@@ -23,7 +22,8 @@ from ssdlite.deploy.int8 import CalibrationError, load_calibration_images
 from ssdlite.images import SAMPLE_PHOTOS, preprocess, read_image
 from ssdlite.runtime.backends import ModelLoadError
 from ssdlite.runtime.pte import ExecuTorchBackend
-from train import coco as train_coco
+
+from .conftest import coco128_person_scores
 
 pytest.importorskip("executorch", reason="ExecuTorch export needs: pip install 'ssdlite[edge]'")
 
@@ -243,10 +243,7 @@ def test_the_person_detector_runs_as_pte_everywhere_a_model_runs(person_pte, per
 
 def test_evaluation_scores_the_pte_file_itself(person_pte, coco128, tmp_path):
     # The export itself scored on 128 real photos: the float checkpoint's person AP 0.195 / AP50 0.390.
-    ann, images = str(coco128 / "annotations" / "instances_train2017.json"), str(coco128 / "train2017")
-    args = ["--eval-only", "--weights", str(person_pte), "--val-ann", ann, "--val-images", images, "--device", "cpu"]
-    assert train_coco.main([*args, "--no-progress", "--workers", "0", "--output-dir", str(tmp_path)]) == 0
-    (result,) = json.loads((tmp_path / "eval.json").read_text())["per_class"]
+    result = coco128_person_scores(person_pte, coco128, tmp_path)
     assert result["AP"] == pytest.approx(0.195, abs=0.002) and result["AP50"] == pytest.approx(0.390, abs=0.003)
 
 
@@ -256,8 +253,4 @@ def test_int8_pte_person_ap_on_coco128_within_a_hundredth_of_float(person_checkp
     output = tmp_path / "person_int8.pte"
     photos = coco128 / "train2017"
     assert export_main([str(person_checkpoint), "-o", str(output), "--int8", "--calibration", str(photos)]) == 0
-    ann = str(coco128 / "annotations" / "instances_train2017.json")
-    args = ["--eval-only", "--weights", str(output), "--val-ann", ann, "--val-images", str(photos), "--device", "cpu"]
-    assert train_coco.main([*args, "--no-progress", "--workers", "0", "--output-dir", str(tmp_path)]) == 0
-    (result,) = json.loads((tmp_path / "eval.json").read_text())["per_class"]
-    assert result["AP"] > 0.195 - 0.01
+    assert coco128_person_scores(output, coco128, tmp_path)["AP"] > 0.195 - 0.01
